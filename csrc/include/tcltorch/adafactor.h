@@ -1,0 +1,141 @@
+// tcltorch::Adafactor: a LibTorch optimizer in the shape of torch::optim::Adam
+// (options, per-parameter state, serialization), whose numbers match
+// torch.optim.Adafactor by default and the Shazeer & Stern / transformers
+// algorithm with variant(AdafactorVariant::Transformers).
+#pragma once
+
+#include <torch/optim/optimizer.h>
+#include <torch/optim/serialize.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tcltorch/export.h"
+
+namespace tcltorch {
+
+// Where eps1 enters and how weight decay is scaled; see docs/algorithm.md.
+enum class AdafactorVariant : std::int8_t {
+  Torch,         // torch.optim.Adafactor: eps1 clamps V, decay scaled by lr
+  Transformers,  // the paper / transformers / fairseq: eps1 added to G^2,
+                 // decay scaled by the per-step lr_t
+};
+
+// Which two dimensions of a >= 2-D parameter carry the row/column factors.
+enum class FactoredDims : std::int8_t {
+  LastTwo,     // torch, transformers: dims -2 and -1
+  LargestTwo,  // optax, t5x: the two largest dims (ties: the later ones)
+};
+
+TCLTORCH_API const char* to_string(AdafactorVariant v);
+TCLTORCH_API const char* to_string(FactoredDims f);
+// Parse the names printed by to_string; throw c10::ValueError otherwise.
+TCLTORCH_API AdafactorVariant parse_variant(const std::string& name);
+TCLTORCH_API FactoredDims parse_factored_dims(const std::string& name);
+
+struct TCLTORCH_API AdafactorOptions
+    : public torch::optim::OptimizerCloneableOptions<AdafactorOptions> {
+  AdafactorOptions(double lr = 1e-2);
+
+  // Relative step on: the cap of rho_t = min(lr, 1/sqrt(t)); off: rho_t = lr.
+  TORCH_ARG(double, lr) = 1e-2;
+  // 1 - beta2_t = t^beta2_decay; must be <= 0.
+  TORCH_ARG(double, beta2_decay) = -0.8;
+  // Regulariser of the second moment. Unset: finfo(param dtype).eps per
+  // parameter for the torch variant, 1e-30 for the transformers variant.
+  TORCH_ARG(std::optional<double>, eps1) = std::nullopt;
+  // Floor of RMS(param) in the parameter scale.
+  TORCH_ARG(double, eps2) = 1e-3;
+  // Clip threshold on RMS(update).
+  TORCH_ARG(double, d) = 1.0;
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(bool, maximize) = false;
+  // Momentum on the scaled, clipped update; unset = none (no exp_avg state).
+  TORCH_ARG(std::optional<double>, beta1) = std::nullopt;
+  TORCH_ARG(bool, relative_step) = true;
+  TORCH_ARG(bool, scale_parameter) = true;
+  // With relative_step: the cap of rho_t becomes 1e-6 * t instead of lr.
+  TORCH_ARG(bool, warmup_init) = false;
+  TORCH_ARG(AdafactorVariant, variant) = AdafactorVariant::Torch;
+  TORCH_ARG(FactoredDims, factored_dims) = FactoredDims::LastTwo;
+  // 0: factor every >= 2-D tensor; else only when both factored dims are at
+  // least this size.
+  TORCH_ARG(std::int64_t, min_dim_size_to_factor) = 0;
+  // bf16/fp16 parameters: keep the state in fp32 (it follows the gradient
+  // dtype otherwise, as in torch.optim.Adafactor).
+  TORCH_ARG(bool, fp32_state) = false;
+  // bf16 parameters: round the fp32 result back stochastically.
+  TORCH_ARG(bool, stochastic_rounding) = false;
+
+ public:
+  // Throws c10::ValueError naming the first invalid option, its value and
+  // the allowed range.
+  void validate() const;
+
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  TCLTORCH_API friend bool operator==(const AdafactorOptions& lhs,
+                                      const AdafactorOptions& rhs);
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+};
+
+// Names and shapes follow torch.optim.Adafactor so that state moves between
+// front doors and to and from PyTorch: `step` is a 0-d float32 CPU tensor,
+// factored parameters hold `row_var` [..., n, 1] and `col_var` [..., 1, m],
+// the others `variance`; `exp_avg` exists when beta1 is set.
+struct TCLTORCH_API AdafactorParamState
+    : public torch::optim::OptimizerCloneableParamState<AdafactorParamState> {
+  TORCH_ARG(torch::Tensor, step);
+  TORCH_ARG(torch::Tensor, row_var);
+  TORCH_ARG(torch::Tensor, col_var);
+  TORCH_ARG(torch::Tensor, variance);
+  TORCH_ARG(torch::Tensor, exp_avg);
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  TCLTORCH_API friend bool operator==(const AdafactorParamState& lhs,
+                                      const AdafactorParamState& rhs);
+};
+
+// Which two dims of a parameter of this shape are factored (row dim first),
+// or nullopt when its second moment is kept whole.
+TCLTORCH_API std::optional<std::pair<std::int64_t, std::int64_t>>
+adafactor_factored_dims(at::IntArrayRef sizes, const AdafactorOptions& options);
+
+// Fills `state` for `param` (zeros of the shapes above; `step` = 0).
+TCLTORCH_API void adafactor_init_state(const torch::Tensor& param,
+                                       const AdafactorOptions& options,
+                                       AdafactorParamState& state);
+
+// One Adafactor step of one parameter, in place on `param` and `state`.
+// The whole algorithm lives here; every front door calls it.
+TCLTORCH_API void adafactor_step(const torch::Tensor& param,
+                                 const torch::Tensor& grad,
+                                 AdafactorParamState& state,
+                                 const AdafactorOptions& options);
+
+class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
+ public:
+  explicit Adafactor(
+      const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+      AdafactorOptions defaults = {});
+  explicit Adafactor(std::vector<torch::Tensor> params,
+                     AdafactorOptions defaults = {});
+
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
+ private:
+  template <typename Self, typename Archive>
+  static void serialize(Self& self, Archive& archive) {
+    _TORCH_OPTIM_SERIALIZE_WITH_TEMPLATE_ARG(Adafactor);
+  }
+};
+
+}  // namespace tcltorch

@@ -1,0 +1,191 @@
+// tcltorch._C: the C++ core seen from Python, plus the bridge to the handles
+// of a Tcl interpreter. Only argument translation lives here.
+#include <torch/csrc/utils/pybind.h>
+#include <torch/serialize.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "bridge.h"
+#include "tcltorch/adafactor.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using tcltorch::Adafactor;
+using tcltorch::AdafactorOptions;
+using tcltorch::AdafactorParamState;
+
+double as_double(const char* name, const py::handle& v) {
+  if (PyBool_Check(v.ptr()) || !PyNumber_Check(v.ptr())) {
+    throw py::type_error(std::string(name) + " must be a number, got " +
+                         std::string(py::str(py::type::of(v).attr("__name__"))));
+  }
+  return v.cast<double>();
+}
+
+std::optional<double> as_optional_double(const char* name, const py::handle& v) {
+  if (v.is_none()) return std::nullopt;
+  return as_double(name, v);
+}
+
+bool as_bool(const char* name, const py::handle& v) {
+  if (!PyBool_Check(v.ptr())) {
+    throw py::type_error(std::string(name) + " must be True or False");
+  }
+  return v.cast<bool>();
+}
+
+std::string as_string(const char* name, const py::handle& v) {
+  if (!PyUnicode_Check(v.ptr())) throw py::type_error(std::string(name) + " must be a str");
+  return v.cast<std::string>();
+}
+
+// Keyword arguments use the core's own option names.
+AdafactorOptions options_from(const py::kwargs& kwargs) {
+  AdafactorOptions o;
+  for (const auto& [key, value] : kwargs) {
+    const auto name = key.cast<std::string>();
+    const char* n = name.c_str();
+    if (name == "lr") o.lr(as_double(n, value));
+    else if (name == "beta2_decay") o.beta2_decay(as_double(n, value));
+    else if (name == "eps1") o.eps1(as_optional_double(n, value));
+    else if (name == "eps2") o.eps2(as_double(n, value));
+    else if (name == "d") o.d(as_double(n, value));
+    else if (name == "weight_decay") o.weight_decay(as_double(n, value));
+    else if (name == "maximize") o.maximize(as_bool(n, value));
+    else if (name == "beta1") o.beta1(as_optional_double(n, value));
+    else if (name == "relative_step") o.relative_step(as_bool(n, value));
+    else if (name == "scale_parameter") o.scale_parameter(as_bool(n, value));
+    else if (name == "warmup_init") o.warmup_init(as_bool(n, value));
+    else if (name == "variant") o.variant(tcltorch::parse_variant(as_string(n, value)));
+    else if (name == "factored_dims")
+      o.factored_dims(tcltorch::parse_factored_dims(as_string(n, value)));
+    else if (name == "min_dim_size_to_factor") {
+      if (!PyLong_Check(value.ptr()) || PyBool_Check(value.ptr())) {
+        throw py::type_error("min_dim_size_to_factor must be an int");
+      }
+      o.min_dim_size_to_factor(value.cast<std::int64_t>());
+    } else if (name == "fp32_state") o.fp32_state(as_bool(n, value));
+    else if (name == "stochastic_rounding") o.stochastic_rounding(as_bool(n, value));
+    else throw py::type_error("unexpected keyword argument '" + name + "'");
+  }
+  o.validate();
+  return o;
+}
+
+py::dict options_dict(const AdafactorOptions& o) {
+  py::dict d;
+  d["lr"] = o.lr();
+  d["beta2_decay"] = o.beta2_decay();
+  d["eps1"] = o.eps1() ? py::cast(*o.eps1()) : py::none();
+  d["eps2"] = o.eps2();
+  d["d"] = o.d();
+  d["weight_decay"] = o.weight_decay();
+  d["maximize"] = o.maximize();
+  d["beta1"] = o.beta1() ? py::cast(*o.beta1()) : py::none();
+  d["relative_step"] = o.relative_step();
+  d["scale_parameter"] = o.scale_parameter();
+  d["warmup_init"] = o.warmup_init();
+  d["variant"] = tcltorch::to_string(o.variant());
+  d["factored_dims"] = tcltorch::to_string(o.factored_dims());
+  d["min_dim_size_to_factor"] = o.min_dim_size_to_factor();
+  d["fp32_state"] = o.fp32_state();
+  d["stochastic_rounding"] = o.stochastic_rounding();
+  return d;
+}
+
+py::dict state_dict_of(const AdafactorParamState& s) {
+  py::dict d;
+  auto put = [&](const char* name, const at::Tensor& t) {
+    if (t.defined()) d[name] = t;
+  };
+  put("step", s.step());
+  put("row_var", s.row_var());
+  put("col_var", s.col_var());
+  put("variance", s.variance());
+  put("exp_avg", s.exp_avg());
+  return d;
+}
+
+Tcl_Interp* interp_at(std::uintptr_t address) {
+  if (address == 0) throw std::invalid_argument("null Tcl interpreter address");
+  return reinterpret_cast<Tcl_Interp*>(address);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "tcltorch core: the LibTorch Adafactor optimizer and the Tcl bridge";
+  m.attr("__version__") = TCLTORCH_VERSION;
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    } catch (const c10::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    }
+  });
+
+  py::class_<Adafactor>(m, "Adafactor",
+                        "The C++ tcltorch::Adafactor optimizer over a list of tensors.\n"
+                        "Keyword arguments are the core's option names "
+                        "(lr, beta2_decay, eps1, eps2, d, ...).")
+      .def(py::init([](std::vector<at::Tensor> params, const py::kwargs& kwargs) {
+             auto options = options_from(kwargs);
+             return std::make_unique<Adafactor>(std::move(params), options);
+           }),
+           py::arg("params"))
+      .def("step",
+           [](Adafactor& self) {
+             py::gil_scoped_release release;
+             self.step();
+           })
+      .def("zero_grad", &Adafactor::zero_grad, py::arg("set_to_none") = true,
+           py::call_guard<py::gil_scoped_release>())
+      .def_property(
+          "lr", [](const Adafactor& self) { return self.param_groups().front().options().get_lr(); },
+          [](Adafactor& self, double lr) {
+            for (auto& g : self.param_groups()) g.options().set_lr(lr);
+          })
+      .def("options",
+           [](const Adafactor& self) {
+             return options_dict(
+                 static_cast<const AdafactorOptions&>(self.param_groups().front().options()));
+           })
+      .def("state",
+           [](const Adafactor& self, const at::Tensor& param) -> py::object {
+             auto it = self.state().find(param.unsafeGetTensorImpl());
+             if (it == self.state().end()) return py::dict();
+             return state_dict_of(static_cast<const AdafactorParamState&>(*it->second));
+           },
+           py::arg("param"), "The state of one parameter: a dict of tensors (shared).")
+      .def("save",
+           [](const Adafactor& self, const std::string& path) {
+             py::gil_scoped_release release;
+             torch::save(self, path);
+           },
+           py::arg("path"))
+      .def("load",
+           [](Adafactor& self, const std::string& path) {
+             py::gil_scoped_release release;
+             torch::load(self, path);
+           },
+           py::arg("path"));
+
+  m.def("tcl_get_tensor",
+        [](std::uintptr_t interp, const std::string& handle) {
+          return tcltorch::tcl::bridge_get_tensor(interp_at(interp), handle);
+        },
+        py::arg("interp"), py::arg("handle"),
+        "The tensor behind a Tcl handle of the interpreter at this address.");
+  m.def("tcl_add_tensor",
+        [](std::uintptr_t interp, const at::Tensor& tensor) {
+          return tcltorch::tcl::bridge_add_tensor(interp_at(interp), tensor);
+        },
+        py::arg("interp"), py::arg("tensor"),
+        "Registers a tensor in the interpreter and returns its handle.");
+}
