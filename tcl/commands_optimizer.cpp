@@ -52,7 +52,7 @@ int collect_parameters(Registry& registry, Tcl_Interp* interp, Tcl_Obj* value,
     } else {
       return fail(interp,
                   "bad value \"" + name + "\" for -parameters: " +
-                      (kind ? std::string("an ") + kind_name(*kind) + " handle is not a tensor or module"
+                      (kind ? a_kind(*kind) + " handle is not a tensor or module"
                             : "no such tensor or module handle"),
                   {"TORCH", "HANDLE", name});
     }

@@ -227,7 +227,8 @@ int cmd_tensor_create(Registry& registry, Tcl_Interp* interp, int objc,
   at::Tensor t = integral ? at::tensor(values.ivals, at::kLong)
                           : at::tensor(values.dvals, at::kDouble);
   std::vector<std::int64_t> shape = values.shape;
-  if (args.has("shape")) {
+  // An empty -shape means "as nested", so the positional form can skip it.
+  if (args.has("shape") && Tcl_GetString(args.obj("shape"))[0] != '\0') {
     if (get_shape(interp, "shape", args.obj("shape"), shape) != TCL_OK) return TCL_ERROR;
     const auto numel = c10::multiply_integers(shape);
     if (numel != t.numel()) {

@@ -26,6 +26,10 @@ const char* kind_name(Kind kind) {
   return "?";
 }
 
+std::string a_kind(Kind kind) {
+  return std::string(kind == Kind::Optimizer ? "an " : "a ") + kind_name(kind);
+}
+
 Registry& registry_of(Tcl_Interp* interp) {
   if (auto* r = find_registry(interp)) return *r;
   auto* r = new Registry();
@@ -78,8 +82,8 @@ const Registry::Entry* Registry::find(Tcl_Interp* interp, Tcl_Obj* handle,
   }
   if (it->second.kind != want) {
     fail(interp,
-         "\"" + name + "\" is a " + kind_name(it->second.kind) + " handle, not a " +
-             kind_name(want) + " handle",
+         "\"" + name + "\" is " + a_kind(it->second.kind) + " handle, not " +
+             a_kind(want) + " handle",
          {"TORCH", "HANDLE", name});
     return nullptr;
   }

@@ -21,6 +21,8 @@ struct OptimizerEntry;  // objects.h
 
 enum class Kind { Tensor, Module, Optimizer };
 const char* kind_name(Kind kind);
+// "a tensor", "a module", "an optimizer".
+std::string a_kind(Kind kind);
 
 class Registry {
  public:

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Sets this checkout up from nothing: the Debian packages it builds against,
+# a virtualenv with the pinned CPU torch, the build tools, and tcltorch itself
+# (built against that torch and installed into the virtualenv).
+#
+#   TORCH_SPEC  torch requirement (default torch==2.13.0, the CPU build)
+#   VENV        virtualenv directory (default .venv)
+#   PYTHON      interpreter that creates it (default python3)
+#   WITH_TEST=1 also install the test dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+WITH_TEST=${WITH_TEST:-0}
+step() { printf '==> %s\n' "$*"; }
+
+# 1. System packages: Tcl with its headers and stubs library, a compiler, CMake.
+need=()
+command -v tclsh >/dev/null 2>&1 || need+=(tcl)
+[ -f /usr/include/tcl8.6/tcl.h ] || [ -f /usr/include/tcl/tcl.h ] || need+=(tcl-dev)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+if ((${#need[@]})); then
+  step "installing Debian packages: ${need[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+fi
+if ! "$PYTHON" -c "import tkinter; tkinter.Tcl()" >/dev/null 2>&1; then
+  echo "error: $PYTHON cannot create a Tcl interpreter (tkinter); the Python" >&2
+  echo "       harness and tests need a Python built with _tkinter" >&2
+  exit 1
+fi
+
+# 2. The virtualenv, torch first: an unpinned torch would pull a CUDA build.
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+py="$VENV/bin/python"
+pip_install() { "$py" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+step "installing $TORCH_SPEC"
+pip_install "$TORCH_SPEC"
+"$py" -c "import torch" || { echo "error: torch did not install" >&2; exit 1; }
+step "installing build tools"
+pip_install "scikit-build-core>=0.10" pybind11 ninja
+if [ "$WITH_TEST" = 1 ]; then
+  step "installing test dependencies"
+  pip_install "pytest>=8" "transformers>=4.40" numpy
+fi
+
+# 3. tcltorch, built against the torch just installed (no build isolation:
+# an isolated build would fetch a different torch). build/ keeps the CMake
+# tree between runs, so a rebuild only recompiles what changed.
+step "building and installing tcltorch (first build: a few minutes)"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+if ! "$py" -m pip install --disable-pip-version-check --no-build-isolation --no-deps \
+     -v . > build-install.log 2>&1; then
+  grep -E "error|Error|CMake" build-install.log | head -40 >&2
+  echo "error: building tcltorch failed; the whole log is in build-install.log" >&2
+  exit 1
+fi
+step "ready: $("$py" -m tcltorch version)"

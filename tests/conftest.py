@@ -1,0 +1,39 @@
+"""Shared fixtures: Tcl interpreters through the harness, tclsh subprocesses."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tcltorch
+from tcltorch.tcl import Interp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture
+def tcl():
+    """A fresh Tcl interpreter with `package require torch` done."""
+    interp = Interp()
+    yield interp
+    interp.close()
+
+
+def tclsh_env() -> dict[str, str]:
+    """The environment a Tcl user would have: TCLLIBPATH only, nothing on
+    LD_LIBRARY_PATH."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    env["TCLLIBPATH"] = tcltorch.tcl_path()
+    return env
+
+
+def run_tclsh(script: str | None = None, *args: str, file: Path | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess:
+    """Runs a script in a plain tclsh process (a crash cannot take pytest down)."""
+    cmd = ["tclsh", str(file) if file else "-", *args]
+    return subprocess.run(cmd, input=script, capture_output=True, text=True,
+                          env=tclsh_env(), timeout=timeout)
