@@ -41,15 +41,26 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 py="$VENV/bin/python"
-pip_install() { "$py" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pip_install() {
+  local log
+  log=$(mktemp)
+  if ! "$py" -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2
+    rm -f "$log"
+    echo "error: pip install $* failed" >&2
+    exit 1
+  fi
+  grep -v "^WARNING: Location" "$log" || true
+  rm -f "$log"
+}
 step "installing $TORCH_SPEC"
-pip_install "$TORCH_SPEC"
+pip_install "$TORCH_SPEC" numpy
 "$py" -c "import torch" || { echo "error: torch did not install" >&2; exit 1; }
 step "installing build tools"
 pip_install "scikit-build-core>=0.10" pybind11 ninja
 if [ "$WITH_TEST" = 1 ]; then
   step "installing test dependencies"
-  pip_install "pytest>=8" "transformers>=4.40" numpy
+  pip_install "pytest>=8" "transformers>=4.40"
 fi
 
 # 3. tcltorch, built against the torch just installed (no build isolation:
