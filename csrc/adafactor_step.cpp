@@ -2,6 +2,7 @@
 // algorithm (docs/algorithm.md gives the math); the optimizer classes of every
 // front door call adafactor_step.
 #include "tcltorch/adafactor.h"
+#include "adafactor_detail.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -67,10 +68,18 @@ struct Working {
   at::Tensor value;
   Working(at::Tensor& s, at::ScalarType dtype)
       : stored(s), value(s.scalar_type() == dtype ? s : s.to(dtype)) {}
+  // Writes the value back; later arithmetic uses the value as stored (as
+  // the fused kernel does), which differs only for low-precision state.
   void commit() {
-    if (!value.is_same(stored)) stored.copy_(value);
+    if (value.is_same(stored)) return;
+    stored.copy_(value);
+    value = stored.to(value.scalar_type());
   }
 };
+
+void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
+                        AdafactorParamState& state, const AdafactorOptions& options,
+                        const detail::Dims& dims, const detail::StepNumbers& numbers);
 
 }  // namespace
 
@@ -145,19 +154,39 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
   if (param.numel() == 0) return;
 
   const bool torch_variant = options.variant() == AdafactorVariant::Torch;
+  detail::StepNumbers numbers;
+  numbers.t = t;
+  numbers.eps1 = options.eps1() ? *options.eps1()
+                 : torch_variant ? dtype_eps(param.scalar_type())
+                                 : 1e-30;
+  numbers.rho = options.lr();
+  if (options.relative_step()) {
+    const double cap = options.warmup_init() ? 1e-6 * t : options.lr();
+    numbers.rho = std::min(cap, 1.0 / std::sqrt(t));
+  }
+  if (detail::fused_step_applies(param, grad, state, dims)) {
+    detail::fused_step(param, grad, state, options, dims, numbers);
+  } else {
+    step_with_aten_ops(param, grad, state, options, dims, numbers);
+  }
+}
+
+namespace {
+
+// The same step as the fused kernel, in ATen ops: for other devices, dtypes
+// and layouts. Its temporaries are the size of the parameter.
+void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
+                        AdafactorParamState& state, const AdafactorOptions& options,
+                        const detail::Dims& dims, const detail::StepNumbers& numbers) {
+  const double t = numbers.t;
+  const double eps1 = numbers.eps1;
+  const double rho = numbers.rho;
+  const bool torch_variant = options.variant() == AdafactorVariant::Torch;
   const auto cdt = compute_dtype(param.scalar_type());
   at::Tensor p = param.scalar_type() == cdt ? param : param.to(cdt);
   at::Tensor g = grad.to(cdt);
   if (options.maximize()) g = g.neg();
 
-  const double eps1 = options.eps1() ? *options.eps1()
-                      : torch_variant ? dtype_eps(param.scalar_type())
-                                      : 1e-30;
-  double rho = options.lr();
-  if (options.relative_step()) {
-    const double cap = options.warmup_init() ? 1e-6 * t : options.lr();
-    rho = std::min(cap, 1.0 / std::sqrt(t));
-  }
   const double scale =
       options.scale_parameter() ? std::max(options.eps2(), rms(p)) : 1.0;
   const double alpha = rho * scale;  // the paper's lr_t
@@ -176,6 +205,8 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
       const double w = std::pow(t, options.beta2_decay());
       row.value.lerp_(at::norm(g, 2, {b}, true).square_().div_(g.size(b)), w);
       col.value.lerp_(at::norm(g, 2, {a}, true).square_().div_(g.size(a)), w);
+      row.commit();
+      col.commit();
       v = at::mul(row.value, col.value);
       v.div_(row.value.mean({a}, true).clamp_(eps1));
       update = v.clamp_(eps1 * eps1).rsqrt_().mul_(g);
@@ -184,23 +215,24 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
       const at::Tensor q = g.square().add_(eps1);
       row.value.mul_(beta2).add_(q.mean({b}, true), 1.0 - beta2);
       col.value.mul_(beta2).add_(q.mean({a}, true), 1.0 - beta2);
+      row.commit();
+      col.commit();
       auto r_factor = row.value.div(row.value.mean({a}, true)).rsqrt_();
       update = at::mul(r_factor, col.value.rsqrt()).mul_(g);
     }
-    row.commit();
-    col.commit();
   } else {
     Working var(state.variance(), cdt);
     if (torch_variant) {
       const double w = std::pow(t, options.beta2_decay());
       var.value.lerp_(g * g, w);
+      var.commit();
       update = var.value.clone().clamp_(eps1 * eps1).rsqrt_().mul_(g);
     } else {
       const double beta2 = 1.0 - std::pow(t, options.beta2_decay());
       var.value.mul_(beta2).add_(g.square().add_(eps1), 1.0 - beta2);
+      var.commit();
       update = var.value.rsqrt().mul_(g);
     }
-    var.commit();
   }
 
   const double denom = std::max(1.0, rms(update) / options.d());
@@ -232,5 +264,7 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
     }
   }
 }
+
+}  // namespace
 
 }  // namespace tcltorch

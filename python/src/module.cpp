@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "adafactor_detail.h"
 #include "bridge.h"
 #include "tcltorch/adafactor.h"
 
@@ -175,6 +176,12 @@ PYBIND11_MODULE(_C, m) {
              torch::load(self, path);
            },
            py::arg("path"));
+
+  m.def("_set_fused_enabled", &tcltorch::detail::set_fused_enabled, py::arg("enabled"),
+        "Tests and benchmarks: allow the fused CPU kernel (True) or force the ATen-op path.");
+  m.def("_fused_enabled", &tcltorch::detail::fused_enabled);
+  m.def("_cpu_capability", &tcltorch::detail::fused_cpu_capability,
+        "The instruction set of the fused loops: 'avx2' or 'default'.");
 
   m.def("tcl_get_tensor",
         [](std::uintptr_t interp, const std::string& handle) {

@@ -1,0 +1,292 @@
+// The fused CPU step: three passes over the gradient (two for unfactored
+// parameters), scratch memory of O(rows + columns), blocks spread over
+// ATen's thread pool. The loops are in kernel/loops.h; this file prepares the
+// job, updates the (small) row and column statistics between passes, and
+// picks the loops compiled for the CPU at hand.
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "adafactor_detail.h"
+#include "kernel/job.h"
+
+namespace tcltorch::detail {
+namespace {
+
+using kernel::Dtype;
+using kernel::Job;
+using kernel::Pass;
+
+std::atomic<bool> g_fused_enabled{true};
+
+using RunFn = void (*)(const Job&, Pass, std::int64_t, std::int64_t);
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
+// Chosen once: the AVX2 loops where the CPU has AVX2, unless
+// TCLTORCH_CPU_CAPABILITY=default asks for the portable ones.
+RunFn loops() {
+  static const RunFn chosen = [] {
+    const char* want = std::getenv("TCLTORCH_CPU_CAPABILITY");
+    const bool portable = want && std::strcmp(want, "default") == 0;
+    return (!portable && cpu_has_avx2()) ? &kernel::avx2::run : &kernel::base::run;
+  }();
+  return chosen;
+}
+
+std::optional<Dtype> dtype_of(c10::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return Dtype::F32;
+    case at::kDouble:
+      return Dtype::F64;
+    case at::kBFloat16:
+      return Dtype::BF16;
+    default:
+      return std::nullopt;
+  }
+}
+
+bool usable(const at::Tensor& t, c10::ScalarType dtype) {
+  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided &&
+         t.scalar_type() == dtype && t.is_contiguous() && !t.is_conj() && !t.is_neg();
+}
+
+// Runs one pass over all blocks on ATen's threads.
+void run_pass(const Job& job, Pass pass) {
+  const RunFn run = loops();
+  // Blocks hold tens of thousands of elements: one block is enough work.
+  at::parallel_for(0, job.blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+    run(job, pass, b0, b1);
+  });
+}
+
+double ordered_sum(const std::vector<double>& partials) {
+  double s = 0;
+  for (double x : partials) s += x;  // block order: independent of threads
+  return s;
+}
+
+// A state element read or written in the compute type T.
+template <class T, class S>
+T get(const S* p, std::int64_t i) {
+  return static_cast<T>(static_cast<float>(p[i]));
+}
+template <class T>
+T get(const double* p, std::int64_t i) {
+  return static_cast<T>(p[i]);
+}
+template <class T, class S>
+void put(S* p, std::int64_t i, T v) {
+  p[i] = static_cast<S>(v);
+}
+
+template <class T>
+T lerp(T self, T end, T weight) {
+  return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
+}
+
+// Between passes 1 and 2 of a factored parameter: the running row and column
+// statistics, their normaliser, and the factors R and C the loops multiply by.
+template <class T, class S>
+void prepare_factors(Job& job, AdafactorParamState& state,
+                     const std::vector<double>& col_sums, std::vector<T>& R,
+                     std::vector<T>& C) {
+  const std::int64_t rows = job.O * job.n * job.K * job.L;
+  const std::int64_t cols = job.O * job.K * job.m * job.L;
+  S* row = static_cast<S*>(state.row_var().data_ptr());
+  S* col = static_cast<S*>(state.col_var().data_ptr());
+  const T w = static_cast<T>(job.lerp_weight);
+  const T b2 = static_cast<T>(job.beta2), ob2 = static_cast<T>(1.0 - job.beta2);
+  auto advance = [&](S* stat, std::int64_t idx, double sum, std::int64_t count) {
+    const T mean = static_cast<T>(sum) / static_cast<T>(count);
+    const T old = get<T>(stat, idx);
+    put<T>(stat, idx, job.torch_variant ? lerp(old, mean, w) : old * b2 + mean * ob2);
+  };
+  for (std::int64_t r = 0; r < rows; ++r) advance(row, r, job.row_sums[r], job.m);
+  for (std::int64_t c = 0; c < cols; ++c) advance(col, c, col_sums[c], job.n);
+
+  // Per (o, k, l): the mean over rows of the row statistic.
+  R.resize(rows);
+  C.resize(cols);
+  const T eps1 = static_cast<T>(job.eps1);
+  bool clamp = false;
+  for (std::int64_t o = 0; o < job.O; ++o) {
+    for (std::int64_t k = 0; k < job.K; ++k) {
+      for (std::int64_t l = 0; l < job.L; ++l) {
+        auto row_at = [&](std::int64_t i) { return ((o * job.n + i) * job.K + k) * job.L + l; };
+        auto col_at = [&](std::int64_t j) { return ((o * job.K + k) * job.m + j) * job.L + l; };
+        double sum = 0;
+        for (std::int64_t i = 0; i < job.n; ++i) sum += static_cast<double>(get<T>(row, row_at(i)));
+        T mean = static_cast<T>(sum) / static_cast<T>(job.n);
+        if (job.torch_variant && mean < eps1) mean = eps1;
+        T min_ratio = 0, min_col = 0;
+        for (std::int64_t i = 0; i < job.n; ++i) {
+          const T ratio = get<T>(row, row_at(i)) / mean;
+          R[row_at(i)] = ratio;
+          min_ratio = i == 0 ? ratio : std::min(min_ratio, ratio);
+        }
+        for (std::int64_t j = 0; j < job.m; ++j) {
+          const T c = get<T>(col, col_at(j));
+          C[col_at(j)] = c;
+          min_col = j == 0 ? c : std::min(min_col, c);
+        }
+        // torch floors V at eps1^2; where that floor can bite, the loops
+        // compute V element by element instead of as R * C.
+        if (job.torch_variant && !(min_ratio * min_col >= eps1 * eps1)) clamp = true;
+      }
+    }
+  }
+  job.clamp = clamp;
+  if (!clamp) {
+    for (auto& r : R) r = T(1) / std::sqrt(r);
+    for (auto& c : C) c = T(1) / std::sqrt(c);
+  }
+  job.row_factor = R.data();
+  job.col_factor = C.data();
+}
+
+std::uint64_t rounding_seed() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get<at::CPUGeneratorImpl>()->random64();
+}
+
+}  // namespace
+
+void set_fused_enabled(bool enabled) { g_fused_enabled.store(enabled); }
+bool fused_enabled() { return g_fused_enabled.load(); }
+std::string fused_cpu_capability() {
+  return loops() == &kernel::avx2::run ? "avx2" : "default";
+}
+
+bool fused_step_applies(const at::Tensor& param, const at::Tensor& grad,
+                        const AdafactorParamState& state, const Dims& dims) {
+  if (!fused_enabled()) return false;
+  const auto pd = param.scalar_type();
+  if (!dtype_of(pd) || !usable(param, pd) || !usable(grad, pd)) return false;
+  // State: the parameter's dtype, or fp32 for bf16 parameters.
+  const auto sd = dims ? state.row_var().scalar_type() : state.variance().scalar_type();
+  if (sd != pd && !(pd == at::kBFloat16 && sd == at::kFloat)) return false;
+  if (dims ? !(usable(state.row_var(), sd) && usable(state.col_var(), sd))
+           : !usable(state.variance(), sd)) {
+    return false;
+  }
+  return !state.exp_avg().defined() || usable(state.exp_avg(), sd);
+}
+
+void fused_step(const at::Tensor& param, const at::Tensor& grad,
+                AdafactorParamState& state, const AdafactorOptions& options,
+                const Dims& dims, const StepNumbers& numbers) {
+  Job job;
+  job.param_dtype = *dtype_of(param.scalar_type());
+  const auto state_scalar = dims ? state.row_var().scalar_type() : state.variance().scalar_type();
+  job.state_dtype = *dtype_of(state_scalar);
+  job.numel = param.numel();
+  job.torch_variant = options.variant() == AdafactorVariant::Torch;
+  job.maximize = options.maximize();
+  job.momentum = options.beta1().has_value();
+  job.beta1 = options.beta1().value_or(0.0);
+  job.eps1 = numbers.eps1;
+  job.lerp_weight = std::pow(numbers.t, options.beta2_decay());
+  job.beta2 = 1.0 - std::pow(numbers.t, options.beta2_decay());
+  job.weight_decay = options.weight_decay() != 0;
+  job.decay_mult = 1 - options.lr() * options.weight_decay();
+  job.stochastic_rounding =
+      options.stochastic_rounding() && param.scalar_type() == at::kBFloat16;
+  if (job.stochastic_rounding) job.seed = rounding_seed();
+  job.param = param.data_ptr();
+  job.grad = grad.data_ptr();
+  job.exp_avg = state.exp_avg().defined() ? state.exp_avg().data_ptr() : nullptr;
+
+  std::vector<double> row_sums, col_partials, param_sq, update_sq, col_sums;
+  std::vector<float> Rf, Cf;
+  std::vector<double> Rd, Cd;
+  const Pass last = dims ? Pass::F3 : Pass::U2;
+  if (dims) {
+    const auto sizes = param.sizes();
+    const auto [a, b] = *dims;
+    auto prod = [&](std::int64_t from, std::int64_t to) {
+      std::int64_t p = 1;
+      for (auto d = from; d < to; ++d) p *= sizes[d];
+      return p;
+    };
+    job.O = prod(0, a);
+    job.n = sizes[a];
+    job.K = prod(a + 1, b);
+    job.m = sizes[b];
+    job.L = prod(b + 1, static_cast<std::int64_t>(sizes.size()));
+    const std::int64_t units = job.O * job.n * job.K;
+    const std::int64_t cols = job.O * job.K * job.m * job.L;
+    // At most 16 blocks of at least ~32K elements each: enough parallelism
+    // for a few cores, and column partials of at most 16 x cols doubles.
+    const std::int64_t want = std::clamp<std::int64_t>(job.numel / 32768, 1, 16);
+    job.block_size = (units + std::min(want, units) - 1) / std::min(want, units);
+    job.blocks = (units + job.block_size - 1) / job.block_size;
+    row_sums.resize(units * job.L);
+    col_partials.resize(job.blocks * cols);
+    param_sq.resize(job.blocks);
+    update_sq.resize(job.blocks);
+    job.row_sums = row_sums.data();
+    job.col_partials = col_partials.data();
+    job.param_sq = param_sq.data();
+    job.update_sq = update_sq.data();
+
+    run_pass(job, Pass::F1);
+    col_sums.assign(cols, 0.0);
+    for (std::int64_t blk = 0; blk < job.blocks; ++blk) {
+      const double* part = col_partials.data() + blk * cols;
+      for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
+    }
+    if (job.param_dtype == Dtype::F64) {
+      prepare_factors<double, double>(job, state, col_sums, Rd, Cd);
+    } else if (job.state_dtype == Dtype::F32) {
+      prepare_factors<float, float>(job, state, col_sums, Rf, Cf);
+    } else {
+      prepare_factors<float, c10::BFloat16>(job, state, col_sums, Rf, Cf);
+    }
+    state.row_var().unsafeGetTensorImpl()->bump_version();
+    state.col_var().unsafeGetTensorImpl()->bump_version();
+    run_pass(job, Pass::F2);
+  } else {
+    job.variance = state.variance().data_ptr();
+    job.block_size = 16384;
+    job.blocks = (job.numel + job.block_size - 1) / job.block_size;
+    param_sq.resize(job.blocks);
+    update_sq.resize(job.blocks);
+    job.param_sq = param_sq.data();
+    job.update_sq = update_sq.data();
+    run_pass(job, Pass::U1);
+    state.variance().unsafeGetTensorImpl()->bump_version();
+  }
+
+  // The same formulas as torch.optim.Adafactor, in double.
+  const double root_n = std::sqrt(static_cast<double>(job.numel));
+  const double param_rms = std::sqrt(ordered_sum(param_sq)) / root_n;
+  const double scale = options.scale_parameter() ? std::max(options.eps2(), param_rms) : 1.0;
+  job.alpha = numbers.rho * scale;
+  job.denom = std::max(1.0, std::sqrt(ordered_sum(update_sq)) / (root_n * options.d()));
+  job.decay_coef = -options.weight_decay() * job.alpha;
+
+  run_pass(job, last);
+  param.unsafeGetTensorImpl()->bump_version();
+  if (job.exp_avg) state.exp_avg().unsafeGetTensorImpl()->bump_version();
+}
+
+}  // namespace tcltorch::detail

@@ -1,0 +1,83 @@
+// The fused CPU step, as the vector loops see it: plain numbers and raw
+// pointers, no ATen. adafactor_fused.cpp fills a Job from tensors and runs the
+// passes block by block; loops.h holds the loops, compiled once per CPU
+// instruction set (loops_base.cpp, loops_avx2.cpp).
+#pragma once
+
+#include <cstdint>
+
+namespace tcltorch::kernel {
+
+// Element types the loops read and write. BF16 is stored as raw bits.
+enum class Dtype : std::int8_t { F32, F64, BF16 };
+
+// One pass over a range of blocks. Factored parameters take F1..F3,
+// unfactored ones U1..U2.
+enum class Pass : std::int8_t {
+  F1,  // row sums and per-block column sums of G^2, sum of param^2
+  F2,  // sum of U^2
+  F3,  // apply the update
+  U1,  // update the second moment in place, sums of param^2 and U^2
+  U2,  // apply the update
+};
+
+struct Job {
+  Dtype param_dtype;  // of param and grad
+  Dtype state_dtype;  // of variance and exp_avg (row/col factors are prepared
+                      // by the caller in the compute type)
+
+  // The parameter viewed as [O, n, K, m, L]: rows along n, columns along m.
+  // Unfactored parameters use numel only.
+  std::int64_t O = 1, n = 1, K = 1, m = 1, L = 1;
+  std::int64_t numel = 0;
+
+  // Blocks: fixed by the problem, never by the thread count, so that sums
+  // (and so results) do not depend on how many threads run.
+  std::int64_t block_size = 0;  // units (O*n*K) or elements per block
+  std::int64_t blocks = 0;
+
+  // The algorithm, resolved to numbers for this step.
+  bool torch_variant = true;
+  bool maximize = false;
+  bool momentum = false;
+  bool weight_decay = false;
+  bool stochastic_rounding = false;  // bf16 params only
+  bool clamp = false;  // torch variant: V is clamped somewhere (factored)
+  double eps1 = 0;
+  double lerp_weight = 0;  // torch: 1 - beta2_t
+  double beta2 = 0;        // transformers
+  double beta1 = 0;
+  double decay_mult = 1;   // torch: 1 - lr * weight_decay
+  double decay_coef = 0;   // transformers: -weight_decay * alpha
+  double alpha = 0;        // step size of this step
+  double denom = 1;        // max(1, RMS(U) / d)
+
+  // Tensors (contiguous).
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* variance = nullptr;  // unfactored
+  void* exp_avg = nullptr;   // with momentum
+
+  // Scratch owned by the caller.
+  double* row_sums = nullptr;      // [O*n*K*L]
+  double* col_partials = nullptr;  // [blocks][O*K*m*L]
+  double* param_sq = nullptr;      // [blocks]
+  double* update_sq = nullptr;     // [blocks]
+  // Row and column factors in the compute type (float, or double for F64):
+  // R = rsqrt(row / mean_rows(row)), C = rsqrt(col); with `clamp`, the
+  // ratios row / mean_rows(row) and col themselves.
+  const void* row_factor = nullptr;  // [O*n*K*L]
+  const void* col_factor = nullptr;  // [O*K*m*L]
+
+  std::uint64_t seed = 0;  // stochastic rounding
+};
+
+// The loops of one instruction set.
+namespace base {
+void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end);
+}
+namespace avx2 {
+void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end);
+}
+
+}  // namespace tcltorch::kernel

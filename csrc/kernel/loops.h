@@ -1,0 +1,377 @@
+// The loops of the fused step, compiled once per instruction set: a .cpp
+// defines TCLTORCH_KERNEL_NS and includes this file. Everything here lives in
+// that namespace and uses no library code, so the copies built with different
+// compiler flags never share a symbol.
+//
+// Sums run in double over 8 interleaved lanes in a fixed order, so results do
+// not depend on the instruction set or on the number of threads.
+#ifndef TCLTORCH_KERNEL_NS
+#error "define TCLTORCH_KERNEL_NS before including loops.h"
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "job.h"
+
+namespace tcltorch::kernel::TCLTORCH_KERNEL_NS {
+namespace {
+
+using i64 = std::int64_t;
+constexpr int kLanes = 8;
+
+// ---------------------------------------------------------------- values
+struct bf16 {
+  std::uint16_t bits;
+};
+
+inline float to_float(bf16 x) {
+  const std::uint32_t u = static_cast<std::uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Round to nearest even, as torch's .to(torch.bfloat16) does.
+inline bf16 to_bf16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if (f != f) return bf16{static_cast<std::uint16_t>((u >> 16) | 0x0040u)};
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return bf16{static_cast<std::uint16_t>(u >> 16)};
+}
+
+// Stochastic rounding: add 16 random bits below bf16's last bit, truncate.
+inline std::uint64_t mix(std::uint64_t x) {  // splitmix64 finaliser
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+inline bf16 to_bf16_stochastic(float f, std::uint64_t seed, i64 index) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7F800000u) == 0x7F800000u) return to_bf16(f);  // inf, nan
+  const auto noise = static_cast<std::uint32_t>(mix(seed ^ static_cast<std::uint64_t>(index)) & 0xFFFFu);
+  u += noise;
+  return bf16{static_cast<std::uint16_t>(u >> 16)};
+}
+
+template <class T>
+struct Compute {
+  using type = float;
+};
+template <>
+struct Compute<double> {
+  using type = double;
+};
+
+template <class T, class X>
+inline T load(const X* p, i64 i) {
+  return static_cast<T>(p[i]);
+}
+template <class T>
+inline T load(const bf16* p, i64 i) {
+  return static_cast<T>(to_float(p[i]));
+}
+
+template <class T, class X>
+inline void store(X* p, i64 i, T v) {
+  p[i] = static_cast<X>(v);
+}
+template <class T>
+inline void store(bf16* p, i64 i, T v) {
+  p[i] = to_bf16(static_cast<float>(v));
+}
+
+inline double lane_sum(const double* lanes) {
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lanes[l];
+  return s;
+}
+
+template <class T>
+inline T lerp(T self, T end, T weight) {
+  // ATen's lerp: exact at both ends.
+  return weight < T(0.5) ? self + weight * (end - self)
+                         : end - (end - self) * (T(1) - weight);
+}
+
+template <class T>
+inline T rsqrt(T x) {
+  return T(1) / std::sqrt(x);
+}
+
+// ---------------------------------------------------------------- factored
+// A unit is one (o, i, k): with L == 1 a contiguous row of m elements, else
+// m lines of L contiguous elements.
+template <class P, class S>
+struct Factored {
+  using T = typename Compute<P>::type;
+  const Job& job;
+  const P* grad() const { return static_cast<const P*>(job.grad); }
+  P* param() const { return static_cast<P*>(job.param); }
+  T sign() const { return job.maximize ? T(-1) : T(1); }
+
+  void unit_index(i64 unit, i64& o, i64& i, i64& k) const {
+    k = unit % job.K;
+    i = (unit / job.K) % job.n;
+    o = unit / (job.K * job.n);
+  }
+
+  // Pass 1: G^2 (+ eps1 for the transformers variant) summed along rows into
+  // row_sums and along columns into this block's column partials.
+  void pass1(i64 block) const {
+    const i64 cols = job.O * job.K * job.m * job.L;
+    double* colp = job.col_partials + block * cols;
+    for (i64 c = 0; c < cols; ++c) colp[c] = 0;
+    const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
+    const T s = sign();
+    const P* g = grad();
+    const P* p = param();
+    double psq[kLanes] = {};
+    const i64 u0 = block * job.block_size;
+    const i64 u1 = u0 + job.block_size < job.O * job.n * job.K ? u0 + job.block_size
+                                                                : job.O * job.n * job.K;
+    for (i64 unit = u0; unit < u1; ++unit) {
+      i64 o, i, k;
+      unit_index(unit, o, i, k);
+      const i64 col_base = (o * job.K + k) * job.m * job.L;
+      const i64 base = unit * job.m * job.L;
+      if (job.L == 1) {
+        double row[kLanes] = {};
+        i64 j = 0;
+        for (; j + kLanes <= job.m; j += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            const T gv = s * load<T>(g, base + j + l);
+            const T sq = gv * gv + add;
+            row[l] += sq;
+            colp[col_base + j + l] += sq;
+            const T pv = load<T>(p, base + j + l);
+            psq[l] += static_cast<double>(pv) * pv;
+          }
+        }
+        for (; j < job.m; ++j) {
+          const T gv = s * load<T>(g, base + j);
+          const T sq = gv * gv + add;
+          row[j % kLanes] += sq;
+          colp[col_base + j] += sq;
+          const T pv = load<T>(p, base + j);
+          psq[j % kLanes] += static_cast<double>(pv) * pv;
+        }
+        job.row_sums[unit] = lane_sum(row);
+      } else {
+        double* rows = job.row_sums + unit * job.L;
+        for (i64 l = 0; l < job.L; ++l) rows[l] = 0;
+        for (i64 j = 0; j < job.m; ++j) {
+          const i64 line = base + j * job.L;
+          double* cl = colp + col_base + j * job.L;
+          for (i64 l = 0; l < job.L; ++l) {
+            const T gv = s * load<T>(g, line + l);
+            const T sq = gv * gv + add;
+            rows[l] += sq;
+            cl[l] += sq;
+            const T pv = load<T>(p, line + l);
+            psq[l % kLanes] += static_cast<double>(pv) * pv;
+          }
+        }
+      }
+    }
+    job.param_sq[block] = lane_sum(psq);
+  }
+
+  // U of one element from its gradient and the two factors.
+  T update(T gv, T r, T c) const {
+    if (job.clamp) {
+      const T e = static_cast<T>(job.eps1);
+      const T v = r * c;
+      return gv * rsqrt(v > e * e ? v : e * e);
+    }
+    return gv * r * c;
+  }
+
+  template <class Fn>
+  void for_each(i64 block, Fn&& fn) const {
+    const T* R = static_cast<const T*>(job.row_factor);
+    const T* C = static_cast<const T*>(job.col_factor);
+    const i64 units = job.O * job.n * job.K;
+    const i64 u0 = block * job.block_size;
+    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
+    for (i64 unit = u0; unit < u1; ++unit) {
+      i64 o, i, k;
+      unit_index(unit, o, i, k);
+      const i64 col_base = (o * job.K + k) * job.m * job.L;
+      const i64 base = unit * job.m * job.L;
+      if (job.L == 1) {
+        fn(base, job.m, R + unit, 0, C + col_base);
+      } else {
+        for (i64 j = 0; j < job.m; ++j) {
+          fn(base + j * job.L, job.L, R + unit * job.L, 1, C + col_base + j * job.L);
+        }
+      }
+    }
+  }
+
+  void pass2(i64 block) const {
+    const P* g = grad();
+    const T s = sign();
+    double usq[kLanes] = {};
+    for_each(block, [&](i64 base, i64 len, const T* R, int rstride, const T* C) {
+      if (rstride == 0 && !job.clamp) {
+        const T r = R[0];
+        i64 x = 0;
+        for (; x + kLanes <= len; x += kLanes) {
+          for (int l = 0; l < kLanes; ++l) {
+            const T u = s * load<T>(g, base + x + l) * r * C[x + l];
+            usq[l] += static_cast<double>(u) * u;
+          }
+        }
+        for (; x < len; ++x) {
+          const T u = s * load<T>(g, base + x) * r * C[x];
+          usq[x % kLanes] += static_cast<double>(u) * u;
+        }
+      } else {
+        for (i64 x = 0; x < len; ++x) {
+          const T u = update(s * load<T>(g, base + x), R[x * rstride], C[x]);
+          usq[x % kLanes] += static_cast<double>(u) * u;
+        }
+      }
+    });
+    job.update_sq[block] = lane_sum(usq);
+  }
+
+  // The final arithmetic of one element, in the order of the references.
+  inline T apply(T pv, T u, S* m, i64 idx) const {
+    if (job.torch_variant) {
+      if (job.weight_decay) pv = pv * static_cast<T>(job.decay_mult);
+      if (!job.momentum) return pv - static_cast<T>(job.alpha / job.denom) * u;
+      u = u * static_cast<T>(job.alpha / job.denom);
+    } else {
+      u = u / static_cast<T>(job.denom) * static_cast<T>(job.alpha);
+      if (job.weight_decay) pv = pv + pv * static_cast<T>(job.decay_coef);
+    }
+    if (job.momentum) {
+      const T b1 = static_cast<T>(job.beta1);
+      const T mv = load<T>(m, idx) * b1 + u * (T(1) - b1);
+      store(m, idx, mv);
+      u = load<T>(m, idx);  // the update is the momentum as stored
+    }
+    return pv - u;
+  }
+
+  inline void put(P* p, i64 idx, T v) const {
+    if constexpr (sizeof(P) == 2) {
+      p[idx] = job.stochastic_rounding
+                   ? to_bf16_stochastic(static_cast<float>(v), job.seed, idx)
+                   : to_bf16(static_cast<float>(v));
+    } else {
+      p[idx] = static_cast<P>(v);
+    }
+  }
+
+  void pass3(i64 block) const {
+    const P* g = grad();
+    P* p = param();
+    S* m = static_cast<S*>(job.exp_avg);
+    const T s = sign();
+    for_each(block, [&](i64 base, i64 len, const T* R, int rstride, const T* C) {
+      for (i64 x = 0; x < len; ++x) {
+        const i64 idx = base + x;
+        const T u = update(s * load<T>(g, idx), R[x * rstride], C[x]);
+        put(p, idx, apply(load<T>(p, idx), u, m, idx));
+      }
+    });
+  }
+};
+
+// ---------------------------------------------------------------- unfactored
+template <class P, class S>
+struct Unfactored {
+  using T = typename Compute<P>::type;
+  const Job& job;
+
+  void range(i64 block, i64& x0, i64& x1) const {
+    x0 = block * job.block_size;
+    x1 = x0 + job.block_size < job.numel ? x0 + job.block_size : job.numel;
+  }
+
+  // The second moment, updated in place; U uses the value as stored.
+  void pass1(i64 block) const {
+    const P* g = static_cast<const P*>(job.grad);
+    const P* p = static_cast<const P*>(job.param);
+    S* v = static_cast<S*>(job.variance);
+    const T s = job.maximize ? T(-1) : T(1);
+    const T e = static_cast<T>(job.eps1);
+    const T w = static_cast<T>(job.lerp_weight);
+    const T b2 = static_cast<T>(job.beta2);
+    const T ob2 = static_cast<T>(1.0 - job.beta2);
+    double psq[kLanes] = {}, usq[kLanes] = {};
+    i64 x0, x1;
+    range(block, x0, x1);
+    for (i64 x = x0; x < x1; ++x) {
+      const T gv = s * load<T>(g, x);
+      const T pv = load<T>(p, x);
+      psq[x % kLanes] += static_cast<double>(pv) * pv;
+      T vv = load<T>(v, x);
+      if (job.torch_variant) {
+        vv = lerp(vv, gv * gv, w);
+      } else {
+        vv = vv * b2 + (gv * gv + e) * ob2;
+      }
+      store(v, x, vv);
+      vv = load<T>(v, x);
+      const T u = job.torch_variant ? gv * rsqrt(vv > e * e ? vv : e * e) : gv * rsqrt(vv);
+      usq[x % kLanes] += static_cast<double>(u) * u;
+    }
+    job.param_sq[block] = lane_sum(psq);
+    job.update_sq[block] = lane_sum(usq);
+  }
+
+  void pass2(i64 block) const {
+    const Factored<P, S> f{job};  // shares apply() and put()
+    const P* g = static_cast<const P*>(job.grad);
+    P* p = static_cast<P*>(job.param);
+    const S* v = static_cast<const S*>(job.variance);
+    S* m = static_cast<S*>(job.exp_avg);
+    const T s = job.maximize ? T(-1) : T(1);
+    const T e = static_cast<T>(job.eps1);
+    i64 x0, x1;
+    range(block, x0, x1);
+    for (i64 x = x0; x < x1; ++x) {
+      const T gv = s * load<T>(g, x);
+      const T vv = load<T>(v, x);
+      const T u = job.torch_variant ? gv * rsqrt(vv > e * e ? vv : e * e) : gv * rsqrt(vv);
+      f.put(p, x, f.apply(load<T>(p, x), u, m, x));
+    }
+  }
+};
+
+template <class P, class S>
+void run_typed(const Job& job, Pass pass, i64 b0, i64 b1) {
+  for (i64 b = b0; b < b1; ++b) {
+    switch (pass) {
+      case Pass::F1: Factored<P, S>{job}.pass1(b); break;
+      case Pass::F2: Factored<P, S>{job}.pass2(b); break;
+      case Pass::F3: Factored<P, S>{job}.pass3(b); break;
+      case Pass::U1: Unfactored<P, S>{job}.pass1(b); break;
+      case Pass::U2: Unfactored<P, S>{job}.pass2(b); break;
+    }
+  }
+}
+
+}  // namespace
+
+void run(const Job& job, Pass pass, std::int64_t b0, std::int64_t b1) {
+  if (job.param_dtype == Dtype::F32) {
+    run_typed<float, float>(job, pass, b0, b1);
+  } else if (job.param_dtype == Dtype::F64) {
+    run_typed<double, double>(job, pass, b0, b1);
+  } else if (job.state_dtype == Dtype::F32) {
+    run_typed<bf16, float>(job, pass, b0, b1);
+  } else {
+    run_typed<bf16, bf16>(job, pass, b0, b1);
+  }
+}
+
+}  // namespace tcltorch::kernel::TCLTORCH_KERNEL_NS
