@@ -216,7 +216,8 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   job.exp_avg = state.exp_avg().defined() ? state.exp_avg().data_ptr() : nullptr;
 
   std::vector<double> row_sums, col_partials, param_sq, update_sq, col_sums;
-  std::vector<float> Rf, Cf;
+  std::vector<float> Rf, Cf, col_scratch_f;
+  std::vector<double> col_scratch_d;
   std::vector<double> Rd, Cd;
   const Pass last = dims ? Pass::F3 : Pass::U2;
   if (dims) {
@@ -241,6 +242,13 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     job.blocks = (units + job.block_size - 1) / job.block_size;
     row_sums.resize(units * job.L);
     col_partials.resize(job.blocks * cols);
+    if (job.param_dtype == Dtype::F64) {
+      col_scratch_d.resize(job.blocks * cols);
+      job.col_scratch = col_scratch_d.data();
+    } else {
+      col_scratch_f.resize(job.blocks * cols);
+      job.col_scratch = col_scratch_f.data();
+    }
     param_sq.resize(job.blocks);
     update_sq.resize(job.blocks);
     job.row_sums = row_sums.data();

@@ -48,6 +48,19 @@ double dtype_eps(at::ScalarType t) {
   }
 }
 
+// step += 1, in float32 as torch keeps it; without dispatching an ATen op
+// for the usual 0-d CPU tensor (that would cost more than a small step).
+double advance_step(at::Tensor& step) {
+  if (step.device().is_cpu() && step.scalar_type() == at::kFloat && step.numel() == 1) {
+    float* value = step.data_ptr<float>();
+    *value += 1.0f;
+    step.unsafeGetTensorImpl()->bump_version();
+    return *value;
+  }
+  step.add_(1);
+  return step.item<double>();
+}
+
 double rms(const at::Tensor& x) {
   return x.norm(2).item<double>() / std::sqrt(static_cast<double>(x.numel()));
 }
@@ -149,8 +162,7 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
                             param.options().dtype(state_dtype(param.scalar_type(), options))));
   }
 
-  state.step().add_(1);
-  const double t = state.step().item<double>();
+  const double t = advance_step(state.step());
   if (param.numel() == 0) return;
 
   const bool torch_variant = options.variant() == AdafactorVariant::Torch;

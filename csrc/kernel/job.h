@@ -61,6 +61,7 @@ struct Job {
   // Scratch owned by the caller.
   double* row_sums = nullptr;      // [O*n*K*L]
   double* col_partials = nullptr;  // [blocks][O*K*m*L]
+  void* col_scratch = nullptr;     // [blocks][O*K*m*L], compute type
   double* param_sq = nullptr;      // [blocks]
   double* update_sq = nullptr;     // [blocks]
   // Row and column factors in the compute type (float, or double for F64):

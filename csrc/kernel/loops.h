@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "job.h"
 
@@ -20,6 +21,10 @@ namespace {
 
 using i64 = std::int64_t;
 constexpr int kLanes = 8;
+// Runs of this many elements, and of this many rows for column sums, are
+// summed in the compute type before joining a double sum.
+constexpr i64 kRun = 16 * kLanes;
+constexpr i64 kRowsPerFlush = 16;
 
 // ---------------------------------------------------------------- values
 struct bf16 {
@@ -85,7 +90,8 @@ inline void store(bf16* p, i64 i, T v) {
   p[i] = to_bf16(static_cast<float>(v));
 }
 
-inline double lane_sum(const double* lanes) {
+template <class A>
+inline double lane_sum(const A* lanes) {
   double s = 0;
   for (int l = 0; l < kLanes; ++l) s += lanes[l];
   return s;
@@ -101,6 +107,67 @@ inline T lerp(T self, T end, T weight) {
 template <class T>
 inline T rsqrt(T x) {
   return T(1) / std::sqrt(x);
+}
+
+// ---------------------------------------------------------------- vectors
+// Eight lanes of the compute type, with GCC/Clang vector extensions: one
+// AVX2 register for float under -mavx2, two SSE registers otherwise. The lane
+// arithmetic is the same either way, and so are the results.
+template <class T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float type __attribute__((vector_size(kLanes * sizeof(float))));
+};
+template <>
+struct Lanes<double> {
+  typedef double type __attribute__((vector_size(kLanes * sizeof(double))));
+};
+template <class T>
+using vec = typename Lanes<T>::type;
+using u16x8 = std::uint16_t __attribute__((vector_size(16)));
+using u32x8 = std::uint32_t __attribute__((vector_size(32)));
+using i32x8 = std::int32_t __attribute__((vector_size(32)));
+
+template <class T, class X>
+inline vec<T> vload(const X* p) {
+  vec<T> v;
+  if constexpr (std::is_same_v<X, bf16>) {
+    u16x8 b;
+    std::memcpy(&b, p, sizeof b);
+    const u32x8 w = __builtin_convertvector(b, u32x8) << 16;
+    std::memcpy(&v, &w, sizeof v);
+  } else {
+    std::memcpy(&v, p, sizeof v);
+  }
+  return v;
+}
+
+template <class T, class X>
+inline void vstore(X* p, vec<T> v) {
+  if constexpr (std::is_same_v<X, bf16>) {  // round to nearest even, as to_bf16
+    u32x8 u;
+    std::memcpy(&u, &v, sizeof u);
+    const u32x8 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const u32x8 quiet = (u >> 16) | 0x0040u;
+    const i32x8 nan = v != v;
+    const u32x8 out = nan ? quiet : rounded;
+    const u16x8 bits = __builtin_convertvector(out, u16x8);
+    std::memcpy(p, &bits, sizeof bits);
+  } else {
+    std::memcpy(p, &v, sizeof v);
+  }
+}
+
+template <class T>
+inline double vsum(vec<T> v) {
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += v[l];
+  return s;
+}
+template <class T>
+inline vec<T> splat(T x) {
+  return vec<T>{} + x;
 }
 
 // ---------------------------------------------------------------- factored
@@ -121,64 +188,90 @@ struct Factored {
   }
 
   // Pass 1: G^2 (+ eps1 for the transformers variant) summed along rows into
-  // row_sums and along columns into this block's column partials.
+  // row_sums and along columns into this block's column partials, and the
+  // sum of param^2. Short runs are summed in the compute type (vectorised),
+  // then added into double in a fixed order.
   void pass1(i64 block) const {
     const i64 cols = job.O * job.K * job.m * job.L;
     double* colp = job.col_partials + block * cols;
+    T* colf = static_cast<T*>(job.col_scratch) + block * cols;
     for (i64 c = 0; c < cols; ++c) colp[c] = 0;
+    for (i64 c = 0; c < cols; ++c) colf[c] = 0;
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const T s = sign();
     const P* g = grad();
     const P* p = param();
-    double psq[kLanes] = {};
+    double psq_total = 0;
+    const i64 units = job.O * job.n * job.K;
     const i64 u0 = block * job.block_size;
-    const i64 u1 = u0 + job.block_size < job.O * job.n * job.K ? u0 + job.block_size
-                                                                : job.O * job.n * job.K;
+    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
+    // Columns touched since colf was last added into colp.
+    i64 lo = cols, hi = 0, pending = 0;
+    auto flush = [&] {
+      for (i64 c = lo; c < hi; ++c) {
+        colp[c] += colf[c];
+        colf[c] = 0;
+      }
+      lo = cols;
+      hi = 0;
+      pending = 0;
+    };
     for (i64 unit = u0; unit < u1; ++unit) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
+      lo = col_base < lo ? col_base : lo;
+      hi = col_base + job.m * job.L > hi ? col_base + job.m * job.L : hi;
       if (job.L == 1) {
-        double row[kLanes] = {};
+        const P* gl = g + base;
+        const P* pl = p + base;
+        T* cf = colf + col_base;
+        double row_total = 0;
         i64 j = 0;
-        for (; j + kLanes <= job.m; j += kLanes) {
-          for (int l = 0; l < kLanes; ++l) {
-            const T gv = s * load<T>(g, base + j + l);
-            const T sq = gv * gv + add;
-            row[l] += sq;
-            colp[col_base + j + l] += sq;
-            const T pv = load<T>(p, base + j + l);
-            psq[l] += static_cast<double>(pv) * pv;
+        const vec<T> vs = splat<T>(s), vadd = splat<T>(add);
+        for (; j + kRun <= job.m; j += kRun) {
+          vec<T> row{}, psq{};
+          for (i64 c = j; c < j + kRun; c += kLanes) {
+            const vec<T> gv = vs * vload<T>(gl + c);
+            const vec<T> sq = gv * gv + vadd;
+            row += sq;
+            vstore<T>(cf + c, vload<T>(cf + c) + sq);
+            const vec<T> pv = vload<T>(pl + c);
+            psq += pv * pv;
           }
+          row_total += vsum<T>(row);
+          psq_total += vsum<T>(psq);
         }
         for (; j < job.m; ++j) {
-          const T gv = s * load<T>(g, base + j);
+          const T gv = s * load<T>(gl, j);
           const T sq = gv * gv + add;
-          row[j % kLanes] += sq;
-          colp[col_base + j] += sq;
-          const T pv = load<T>(p, base + j);
-          psq[j % kLanes] += static_cast<double>(pv) * pv;
+          row_total += sq;
+          cf[j] += sq;
+          const T pv = load<T>(pl, j);
+          psq_total += static_cast<double>(pv) * pv;
         }
-        job.row_sums[unit] = lane_sum(row);
+        job.row_sums[unit] = row_total;
       } else {
         double* rows = job.row_sums + unit * job.L;
         for (i64 l = 0; l < job.L; ++l) rows[l] = 0;
         for (i64 j = 0; j < job.m; ++j) {
           const i64 line = base + j * job.L;
-          double* cl = colp + col_base + j * job.L;
+          T* cl = colf + col_base + j * job.L;
           for (i64 l = 0; l < job.L; ++l) {
             const T gv = s * load<T>(g, line + l);
             const T sq = gv * gv + add;
             rows[l] += sq;
             cl[l] += sq;
             const T pv = load<T>(p, line + l);
-            psq[l % kLanes] += static_cast<double>(pv) * pv;
+            psq_total += static_cast<double>(pv) * pv;
           }
         }
       }
+      if (++pending == kRowsPerFlush) flush();
     }
-    job.param_sq[block] = lane_sum(psq);
+    flush();
+    job.param_sq[block] = psq_total;
   }
 
   // U of one element from its gradient and the two factors.
@@ -188,7 +281,7 @@ struct Factored {
       const T v = r * c;
       return gv * rsqrt(v > e * e ? v : e * e);
     }
-    return gv * r * c;
+    return r * gv * c;  // the order of the vector loops: (s*r)*g*c
   }
 
   template <class Fn>
@@ -220,15 +313,19 @@ struct Factored {
     for_each(block, [&](i64 base, i64 len, const T* R, int rstride, const T* C) {
       if (rstride == 0 && !job.clamp) {
         const T r = R[0];
+        const P* gl = g + base;
+        const vec<T> vsr = splat<T>(s * r);
         i64 x = 0;
-        for (; x + kLanes <= len; x += kLanes) {
-          for (int l = 0; l < kLanes; ++l) {
-            const T u = s * load<T>(g, base + x + l) * r * C[x + l];
-            usq[l] += static_cast<double>(u) * u;
+        for (; x + kRun <= len; x += kRun) {
+          vec<T> part{};
+          for (i64 c = x; c < x + kRun; c += kLanes) {
+            const vec<T> u = vsr * vload<T>(gl + c) * vload<T>(C + c);
+            part += u * u;
           }
+          usq[0] += vsum<T>(part);
         }
         for (; x < len; ++x) {
-          const T u = s * load<T>(g, base + x) * r * C[x];
+          const T u = s * r * load<T>(g, base + x) * C[x];
           usq[x % kLanes] += static_cast<double>(u) * u;
         }
       } else {
@@ -270,12 +367,79 @@ struct Factored {
     }
   }
 
+  // One contiguous line with one row factor and no clamping: the common
+  // case, with the variant's branches resolved at compile time so that the
+  // loop vectorises.
+  template <bool Torch, bool Momentum, bool Decay>
+  void line3(P* p, const P* g, S* m, i64 base, i64 len, T r, const T* C) const {
+    const T s = sign();
+    const T coef = static_cast<T>(job.alpha / job.denom);
+    const T alpha = static_cast<T>(job.alpha), denom = static_cast<T>(job.denom);
+    const T mult = static_cast<T>(job.decay_mult), dcoef = static_cast<T>(job.decay_coef);
+    const T b1 = static_cast<T>(job.beta1), ob1 = T(1) - b1;
+    i64 x = 0;
+    if (!job.stochastic_rounding) {
+      const vec<T> vsr = splat<T>(s * r), vcoef = splat<T>(coef), valpha = splat<T>(alpha),
+                   vdenom = splat<T>(denom), vmult = splat<T>(mult), vdcoef = splat<T>(dcoef),
+                   vb1 = splat<T>(b1), vob1 = splat<T>(ob1);
+      for (; x + kLanes <= len; x += kLanes) {
+        const i64 idx = base + x;
+        vec<T> u = vsr * vload<T>(g + idx) * vload<T>(C + x);
+        vec<T> pv = vload<T>(p + idx);
+        if constexpr (Torch) {
+          if constexpr (Decay) pv = pv * vmult;
+          u = u * vcoef;
+        } else {
+          u = u / vdenom * valpha;
+          if constexpr (Decay) pv = pv + pv * vdcoef;
+        }
+        if constexpr (Momentum) {
+          vstore<T>(m + idx, vload<T>(m + idx) * vb1 + u * vob1);
+          u = vload<T>(m + idx);
+        }
+        vstore<T>(p + idx, pv - u);
+      }
+    }
+    for (; x < len; ++x) {
+      const i64 idx = base + x;
+      T u = s * r * load<T>(g, idx) * C[x];
+      T pv = load<T>(p, idx);
+      if constexpr (Torch) {
+        if constexpr (Decay) pv = pv * mult;
+        u = u * coef;  // with momentum; without, p - coef*u below is the same
+      } else {
+        u = u / denom * alpha;
+        if constexpr (Decay) pv = pv + pv * dcoef;
+      }
+      if constexpr (Momentum) {
+        store(m, idx, load<T>(m, idx) * b1 + u * ob1);
+        u = load<T>(m, idx);
+      }
+      put(p, idx, pv - u);
+    }
+  }
+
+  using LineFn = void (Factored::*)(P*, const P*, S*, i64, i64, T, const T*) const;
+  LineFn pick_line3() const {
+    if (job.torch_variant) {
+      if (job.momentum) return job.weight_decay ? &Factored::line3<true, true, true> : &Factored::line3<true, true, false>;
+      return job.weight_decay ? &Factored::line3<true, false, true> : &Factored::line3<true, false, false>;
+    }
+    if (job.momentum) return job.weight_decay ? &Factored::line3<false, true, true> : &Factored::line3<false, true, false>;
+    return job.weight_decay ? &Factored::line3<false, false, true> : &Factored::line3<false, false, false>;
+  }
+
   void pass3(i64 block) const {
     const P* g = grad();
     P* p = param();
     S* m = static_cast<S*>(job.exp_avg);
     const T s = sign();
+    const LineFn fast = pick_line3();
     for_each(block, [&](i64 base, i64 len, const T* R, int rstride, const T* C) {
+      if (rstride == 0 && !job.clamp) {
+        (this->*fast)(p, g, m, base, len, R[0], C);
+        return;
+      }
       for (i64 x = 0; x < len; ++x) {
         const i64 idx = base + x;
         const T u = update(s * load<T>(g, idx), R[x * rstride], C[x]);
