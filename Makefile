@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set everything up, then train the seed page's network from Tcl
+#   make run    set everything up, then train on the digits data from Tcl
 #   make test   set everything up, then run the whole test suite
 # Overridable: TORCH_SPEC (default torch==2.13.0, CPU), VENV, PYTHON.
 PYTHON ?= python3
@@ -14,7 +14,7 @@ setup:
 	scripts/setup.sh
 
 run: setup
-	TCLLIBPATH="$$($(PY) -m tcltorch tcl-path)" tclsh examples/train_mlp.tcl
+	TCLLIBPATH="$$($(PY) -m tcltorch tcl-path)" tclsh examples/train_digits.tcl
 
 test:
 	WITH_TEST=1 scripts/setup.sh

@@ -100,6 +100,11 @@ void AdafactorOptions::serialize(torch::serialize::OutputArchive& archive) const
 }
 
 void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
+  c10::IValue marker;
+  // Every archive this class writes names its variant; one without it was
+  // written by another optimizer.
+  TORCH_CHECK(archive.try_read("variant", marker),
+              "not an Adafactor checkpoint (its options have no \"variant\")");
   read_if_present(archive, "lr", lr_);
   read_if_present(archive, "beta2_decay", beta2_decay_);
   read_if_present(archive, "eps1", eps1_);

@@ -139,6 +139,30 @@ void adafactor_init_state(const torch::Tensor& param,
   if (options.beta1()) state.exp_avg(at::zeros(param.sizes(), opts));
 }
 
+void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState& state,
+                           const AdafactorOptions& options) {
+  TORCH_CHECK(state.step().defined() && state.step().numel() == 1,
+              "Adafactor state has no step count");
+  auto expect = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.defined(), "Adafactor state of a parameter of shape ", param.sizes(),
+                " has no ", name);
+    TORCH_CHECK(t.sizes() == shape, "Adafactor state ", name, " has shape ", t.sizes(),
+                " where a parameter of shape ", param.sizes(), " needs ", shape);
+    TORCH_CHECK(t.is_floating_point(), "Adafactor state ", name, " is not floating point");
+  };
+  if (auto dims = adafactor_factored_dims(param.sizes(), options)) {
+    auto row_shape = param.sizes().vec();
+    auto col_shape = param.sizes().vec();
+    row_shape[dims->second] = 1;
+    col_shape[dims->first] = 1;
+    expect("row_var", state.row_var(), row_shape);
+    expect("col_var", state.col_var(), col_shape);
+  } else {
+    expect("variance", state.variance(), param.sizes());
+  }
+  if (state.exp_avg().defined()) expect("exp_avg", state.exp_avg(), param.sizes());
+}
+
 void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
                     AdafactorParamState& state, const AdafactorOptions& options) {
   TORCH_CHECK(!grad.is_sparse(), "Adafactor does not support sparse gradients");
@@ -148,14 +172,9 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
                     param.scalar_type());
   TORCH_CHECK(grad.sizes() == param.sizes(), "gradient shape ", grad.sizes(),
               " does not match parameter shape ", param.sizes());
-  TORCH_CHECK(state.step().defined(), "Adafactor state has no step");
 
   const auto dims = adafactor_factored_dims(param.sizes(), options);
-  TORCH_CHECK(dims ? (state.row_var().defined() && state.col_var().defined())
-                   : state.variance().defined(),
-              "Adafactor state of a parameter of shape ", param.sizes(),
-              " does not match the options (", dims ? "factored" : "unfactored",
-              " expected)");
+  adafactor_check_state(param, state, options);
   if (options.beta1() && !state.exp_avg().defined()) {
     // beta1 was turned on after the state was created.
     state.exp_avg(at::zeros(param.sizes(),

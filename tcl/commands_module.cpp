@@ -2,9 +2,14 @@
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
+#include <torch/serialize/archive.h>
+
+#include <sstream>
 
 #include "argspec.h"
+#include "checkpoint.h"
 #include "commands.h"
 #include "errors.h"
 #include "objects.h"
@@ -36,21 +41,76 @@ int cmd_linear(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const 
   return module_result(registry, interp, "linear", torch::nn::AnyModule(linear));
 }
 
-const CommandSpec kRelu{"torch::relu", {
-    {.name = "input", .placeholder = "tensor"},
-}};
+// Activations: with a tensor, applied to it; without, a module for a
+// sequential.
+CommandSpec activation_spec(const char* name) {
+  return {name, {{.name = "input", .placeholder = "tensor"}}};
+}
+const CommandSpec kRelu = activation_spec("torch::relu");
+const CommandSpec kTanh = activation_spec("torch::tanh");
+const CommandSpec kSigmoid = activation_spec("torch::sigmoid");
+const CommandSpec kGelu = activation_spec("torch::gelu");
 
-// With a tensor: applies ReLU to it. Without: a ReLU module for a sequential.
-int cmd_relu(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+template <class Module>
+int activation(const CommandSpec& spec, const char* type, at::Tensor (*apply)(const at::Tensor&),
+               Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
   Args args;
-  if (parse_args(interp, kRelu, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
   if (!args.has("input")) {
-    return module_result(registry, interp, "relu", torch::nn::AnyModule(torch::nn::ReLU()));
+    return module_result(registry, interp, type, torch::nn::AnyModule(Module()));
   }
   at::Tensor input;
   if (!registry.get(interp, args.obj("input"), input)) return TCL_ERROR;
-  return tensor_result(registry, interp, torch::relu(input));
+  return tensor_result(registry, interp, apply(input));
 }
+
+at::Tensor apply_relu(const at::Tensor& t) { return torch::relu(t); }
+at::Tensor apply_tanh(const at::Tensor& t) { return torch::tanh(t); }
+at::Tensor apply_sigmoid(const at::Tensor& t) { return torch::sigmoid(t); }
+at::Tensor apply_gelu(const at::Tensor& t) { return torch::gelu(t); }
+
+int cmd_relu(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return activation<torch::nn::ReLU>(kRelu, "relu", apply_relu, r, i, c, v);
+}
+int cmd_tanh(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return activation<torch::nn::Tanh>(kTanh, "tanh", apply_tanh, r, i, c, v);
+}
+int cmd_sigmoid(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return activation<torch::nn::Sigmoid>(kSigmoid, "sigmoid", apply_sigmoid, r, i, c, v);
+}
+int cmd_gelu(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return activation<torch::nn::GELU>(kGelu, "gelu", apply_gelu, r, i, c, v);
+}
+
+const CommandSpec kDropout{"torch::dropout", {
+    {.name = "p", .type = ArgType::Double, .default_value = "0.5", .rule = kUnitInterval},
+}};
+
+// A dropout module: active in training mode, the identity in eval mode.
+int cmd_dropout(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kDropout, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  return module_result(registry, interp, "dropout",
+                       torch::nn::AnyModule(torch::nn::Dropout(args.number("p"))));
+}
+
+CommandSpec one_module_spec(const char* name) {
+  return {name, {{.name = "module", .required = true, .placeholder = "module"}}};
+}
+const CommandSpec kTrain = one_module_spec("torch::train");
+const CommandSpec kEval = one_module_spec("torch::eval");
+
+int set_mode(const CommandSpec& spec, bool training, Registry& registry, Tcl_Interp* interp,
+             int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::shared_ptr<ModuleEntry> module;
+  if (!registry.get(interp, args.obj("module"), module)) return TCL_ERROR;
+  module->module.ptr()->train(training);
+  return ok(interp, "");
+}
+int cmd_train(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) { return set_mode(kTrain, true, r, i, c, v); }
+int cmd_eval(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) { return set_mode(kEval, false, r, i, c, v); }
 
 std::shared_ptr<torch::nn::SequentialImpl> as_sequential(Tcl_Interp* interp,
                                                          Tcl_Obj* handle,
@@ -197,12 +257,97 @@ int cmd_cross_entropy_loss(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]
   return loss(kCrossEntropyLoss, r, i, c, v, true);
 }
 
+const CommandSpec kModuleSave{"torch::module_save", {
+    {.name = "module", .required = true, .placeholder = "module"},
+    {.name = "file", .type = ArgType::String, .required = true, .placeholder = "file"},
+}};
+const CommandSpec kModuleLoad{"torch::module_load", {
+    {.name = "module", .required = true, .placeholder = "module"},
+    {.name = "file", .type = ArgType::String, .required = true, .placeholder = "file"},
+}};
+
+int cmd_module_save(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kModuleSave, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::shared_ptr<ModuleEntry> module;
+  if (!registry.get(interp, args.obj("module"), module)) return TCL_ERROR;
+  write_atomically(args.str("file"), [&](const std::string& tmp) {
+    torch::serialize::OutputArchive archive;
+    module->module.ptr()->save(archive);
+    archive.save_to(tmp);
+  });
+  return ok(interp, "");
+}
+
+// Reads every parameter and buffer of `module` from `archive`, checking names,
+// shapes and dtypes, into `pending` (live tensor, value read).
+void read_module(torch::serialize::InputArchive& archive, torch::nn::Module& module,
+                 const std::string& prefix,
+                 std::vector<std::pair<at::Tensor, at::Tensor>>& pending) {
+  auto take = [&](const std::string& key, const at::Tensor& live, bool is_buffer) {
+    at::Tensor value;
+    if (!archive.try_read(key, value, is_buffer)) {
+      throw std::runtime_error("the file has no " + std::string(is_buffer ? "buffer" : "parameter") +
+                               " \"" + prefix + key + "\"");
+    }
+    if (value.sizes() != live.sizes() || value.scalar_type() != live.scalar_type()) {
+      std::ostringstream msg;
+      msg << "\"" << prefix << key << "\" is " << value.scalar_type() << value.sizes()
+          << " in the file but " << live.scalar_type() << live.sizes() << " in the module";
+      throw std::runtime_error(msg.str());
+    }
+    pending.emplace_back(live, value);
+  };
+  for (const auto& p : module.named_parameters(/*recurse=*/false)) take(p.key(), p.value(), false);
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) take(b.key(), b.value(), true);
+  for (const auto& child : module.named_children()) {
+    torch::serialize::InputArchive sub;
+    if (!archive.try_read(child.key(), sub)) {
+      throw std::runtime_error("the file has no submodule \"" + prefix + child.key() + "\"");
+    }
+    read_module(sub, *child.value(), prefix + child.key() + ".", pending);
+  }
+}
+
+// Loads parameters saved by torch::module_save (or C++ torch::save of the
+// same architecture). Nothing changes unless the whole file matches.
+int cmd_module_load(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kModuleLoad, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::shared_ptr<ModuleEntry> module;
+  if (!registry.get(interp, args.obj("module"), module)) return TCL_ERROR;
+  const std::string file = args.str("file");
+  std::vector<std::pair<at::Tensor, at::Tensor>> pending;
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(file);
+    read_module(archive, *module->module.ptr(), "", pending);
+  } catch (const c10::Error& e) {
+    return fail(interp, "cannot load module from \"" + file + "\": " + e.what_without_backtrace(),
+                {"TORCH", "FILE", file});
+  } catch (const std::runtime_error& e) {
+    return fail(interp, "cannot load module from \"" + file + "\": " + e.what(),
+                {"TORCH", "FILE", file});
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [live, value] : pending) live.copy_(value);
+  return ok(interp, "");
+}
+
 }  // namespace
 
 const std::vector<CommandDef>& module_commands() {
   static const std::vector<CommandDef> table = {
       {"torch::linear", cmd_linear},
       {"torch::relu", cmd_relu},
+      {"torch::tanh", cmd_tanh},
+      {"torch::sigmoid", cmd_sigmoid},
+      {"torch::gelu", cmd_gelu},
+      {"torch::dropout", cmd_dropout},
+      {"torch::train", cmd_train},
+      {"torch::eval", cmd_eval},
+      {"torch::module_save", cmd_module_save},
+      {"torch::module_load", cmd_module_load},
       {"torch::sequential", cmd_sequential},
       {"torch::add_module", cmd_add_module},
       {"torch::forward", cmd_forward},

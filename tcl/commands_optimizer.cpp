@@ -1,14 +1,20 @@
 // Optimizer commands: torch::optimizer_adafactor and the commands that drive
 // any optimizer handle. The Tcl layer only translates arguments: the
 // algorithm is tcltorch::Adafactor in csrc/.
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
 #include <torch/optim/optimizer.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize.h>
 
 #include <unordered_set>
 
 #include "argspec.h"
+#include "checkpoint.h"
 #include "commands.h"
 #include "errors.h"
 #include "objects.h"
+#include "tensor_util.h"
 #include "tcltorch/adafactor.h"
 
 namespace tcltorch::tcl {
@@ -63,14 +69,18 @@ int collect_parameters(Registry& registry, Tcl_Interp* interp, Tcl_Obj* value,
   return TCL_OK;
 }
 
+// Registers an optimizer made by `make` (called now, and again for a fresh
+// copy when a checkpoint is loaded).
 int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
-                     std::unique_ptr<torch::optim::Optimizer> optimizer) {
+                     std::function<std::unique_ptr<torch::optim::Optimizer>()> make) {
+  auto optimizer = make();
   return ok(interp, registry.add(std::make_shared<OptimizerEntry>(
-                        OptimizerEntry{std::move(type), std::move(optimizer)})));
+                        OptimizerEntry{std::move(type), std::move(optimizer), std::move(make)})));
 }
 
 // ------------------------------------------------------------ Adafactor
 
+const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
 const NumberRule kBeta1{[](double v) { return v == -1.0 || (v >= 0 && v < 1); },
                         "-1 (no momentum) or in [0, 1)"};
 const char* const kVariants[] = {"transformers", "torch", nullptr};
@@ -156,8 +166,9 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
       .fp32_state(args.flag("fp32State"))
       .stochastic_rounding(args.flag("stochasticRounding"));
   if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
-  return optimizer_result(registry, interp, "adafactor",
-                          std::make_unique<Adafactor>(std::move(params), options));
+  return optimizer_result(registry, interp, "adafactor", [params, options] {
+    return std::make_unique<Adafactor>(params, options);
+  });
 }
 
 int cmd_optimizer_adafactor(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
@@ -165,6 +176,80 @@ int cmd_optimizer_adafactor(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[
 }
 int cmd_optimizer_adafactor_alias(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
   return adafactor(kAdafactorAlias, r, i, c, v);
+}
+
+// ------------------------------------------------------------ LibTorch's own
+
+CommandSpec adam_spec(const char* name, const char* weight_decay) {
+  return {name, {
+      {.name = "parameters", .required = true, .placeholder = "tensorsOrModule"},
+      {.name = "lr", .type = ArgType::Double, .default_value = "0.001", .rule = kNonNegative},
+      {.name = "beta1", .type = ArgType::Double, .default_value = "0.9", .rule = kBeta},
+      {.name = "beta2", .type = ArgType::Double, .default_value = "0.999", .rule = kBeta},
+      {.name = "eps", .type = ArgType::Double, .default_value = "1e-8", .rule = kNonNegative},
+      {.name = "weightDecay", .snake = "weight_decay", .type = ArgType::Double,
+       .default_value = weight_decay, .rule = kNonNegative},
+      {.name = "amsgrad", .type = ArgType::Bool, .default_value = "0", .placeholder = "bool"},
+  }};
+}
+const CommandSpec kAdam = adam_spec("torch::optimizer_adam", "0.0");
+const CommandSpec kAdamW = adam_spec("torch::optimizer_adamw", "0.01");
+
+template <class Optimizer, class Options>
+int adam_like(const CommandSpec& spec, const char* type, Registry& registry,
+              Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::vector<at::Tensor> params;
+  if (collect_parameters(registry, interp, args.obj("parameters"), params) != TCL_OK) {
+    return TCL_ERROR;
+  }
+  Options options(args.number("lr"));
+  options.betas({args.number("beta1"), args.number("beta2")})
+      .eps(args.number("eps"))
+      .weight_decay(args.number("weightDecay"))
+      .amsgrad(args.flag("amsgrad"));
+  return optimizer_result(registry, interp, type, [params, options] {
+    return std::make_unique<Optimizer>(params, options);
+  });
+}
+
+int cmd_optimizer_adam(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return adam_like<torch::optim::Adam, torch::optim::AdamOptions>(kAdam, "adam", r, i, c, v);
+}
+int cmd_optimizer_adamw(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return adam_like<torch::optim::AdamW, torch::optim::AdamWOptions>(kAdamW, "adamw", r, i, c, v);
+}
+
+const CommandSpec kSgd{"torch::optimizer_sgd", {
+    {.name = "parameters", .required = true, .placeholder = "tensorsOrModule"},
+    {.name = "lr", .type = ArgType::Double, .default_value = "0.001", .rule = kNonNegative},
+    {.name = "momentum", .type = ArgType::Double, .default_value = "0.0", .rule = kNonNegative},
+    {.name = "dampening", .type = ArgType::Double, .default_value = "0.0"},
+    {.name = "weightDecay", .snake = "weight_decay", .type = ArgType::Double,
+     .default_value = "0.0", .rule = kNonNegative},
+    {.name = "nesterov", .type = ArgType::Bool, .default_value = "0", .placeholder = "bool"},
+}};
+
+int cmd_optimizer_sgd(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kSgd, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  if (args.flag("nesterov") && (args.number("momentum") <= 0 || args.number("dampening") != 0)) {
+    return bad_value(interp, "nesterov", args.obj("nesterov"),
+                     "needs -momentum > 0 and -dampening 0");
+  }
+  std::vector<at::Tensor> params;
+  if (collect_parameters(registry, interp, args.obj("parameters"), params) != TCL_OK) {
+    return TCL_ERROR;
+  }
+  torch::optim::SGDOptions options(args.number("lr"));
+  options.momentum(args.number("momentum"))
+      .dampening(args.number("dampening"))
+      .weight_decay(args.number("weightDecay"))
+      .nesterov(args.flag("nesterov"));
+  return optimizer_result(registry, interp, "sgd", [params, options] {
+    return std::make_unique<torch::optim::SGD>(params, options);
+  });
 }
 
 // ------------------------------------------------------------ any optimizer
@@ -219,13 +304,185 @@ int cmd_optimizer_lr(Registry& registry, Tcl_Interp* interp, int objc,
   return TCL_OK;
 }
 
+// ------------------------------------------------------------ state, files
+
+// The state tensors of one parameter, by name, whatever the optimizer.
+std::vector<std::pair<std::string, at::Tensor>> state_tensors(
+    const torch::optim::OptimizerParamState& state, double& step) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  auto add = [&](const char* name, const at::Tensor& t) {
+    if (t.defined()) out.emplace_back(name, t);
+  };
+  step = 0;
+  if (auto* s = dynamic_cast<const AdafactorParamState*>(&state)) {
+    step = s->step().defined() ? s->step().item<double>() : 0;
+    add("step", s->step());
+    add("row_var", s->row_var());
+    add("col_var", s->col_var());
+    add("variance", s->variance());
+    add("exp_avg", s->exp_avg());
+  } else if (auto* s = dynamic_cast<const torch::optim::AdamParamState*>(&state)) {
+    step = static_cast<double>(s->step());
+    add("exp_avg", s->exp_avg());
+    add("exp_avg_sq", s->exp_avg_sq());
+    add("max_exp_avg_sq", s->max_exp_avg_sq());
+  } else if (auto* s = dynamic_cast<const torch::optim::AdamWParamState*>(&state)) {
+    step = static_cast<double>(s->step());
+    add("exp_avg", s->exp_avg());
+    add("exp_avg_sq", s->exp_avg_sq());
+    add("max_exp_avg_sq", s->max_exp_avg_sq());
+  } else if (auto* s = dynamic_cast<const torch::optim::SGDParamState*>(&state)) {
+    add("momentum_buffer", s->momentum_buffer());
+  }
+  return out;
+}
+
+Tcl_Obj* shape_list(at::IntArrayRef sizes) {
+  Tcl_Obj* list = Tcl_NewListObj(0, nullptr);
+  for (auto d : sizes) Tcl_ListObjAppendElement(nullptr, list, Tcl_NewWideIntObj(d));
+  return list;
+}
+
+void dict_put(Tcl_Obj* dict, const char* key, Tcl_Obj* value) {
+  Tcl_DictObjPut(nullptr, dict, Tcl_NewStringObj(key, -1), value);
+}
+
+std::int64_t bytes_of(const at::Tensor& t) {
+  return static_cast<std::int64_t>(t.numel()) * static_cast<std::int64_t>(t.element_size());
+}
+
+const CommandSpec kState{"torch::optimizer_state", {
+    {.name = "optimizer", .required = true, .placeholder = "optimizer"},
+}};
+
+// A dict: the optimizer's type, one entry per parameter (by tensor handle:
+// shape, step, state tensors with shape/dtype/bytes, state bytes), and the
+// totals, with what Adam would keep for the same parameters.
+int cmd_optimizer_state(Registry& registry, Tcl_Interp* interp, int objc,
+                        Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kState, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::shared_ptr<OptimizerEntry> opt;
+  if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
+  Tcl_Obj* params = Tcl_NewDictObj();
+  std::int64_t state_total = 0, param_total = 0;
+  const auto& states = opt->optimizer->state();
+  for (const auto& group : opt->optimizer->param_groups()) {
+    for (const auto& p : group.params()) {
+      Tcl_Obj* entry = Tcl_NewDictObj();
+      dict_put(entry, "shape", shape_list(p.sizes()));
+      Tcl_Obj* tensors = Tcl_NewDictObj();
+      std::int64_t bytes = 0;
+      double step = 0;
+      auto it = states.find(p.unsafeGetTensorImpl());
+      if (it != states.end()) {
+        for (const auto& [name, t] : state_tensors(*it->second, step)) {
+          Tcl_Obj* info = Tcl_NewDictObj();
+          dict_put(info, "shape", shape_list(t.sizes()));
+          dict_put(info, "dtype", Tcl_NewStringObj(dtype_name(t.scalar_type()), -1));
+          dict_put(info, "bytes", Tcl_NewWideIntObj(bytes_of(t)));
+          dict_put(tensors, name.c_str(), info);
+          bytes += bytes_of(t);
+        }
+      }
+      dict_put(entry, "step", Tcl_NewWideIntObj(static_cast<Tcl_WideInt>(step)));
+      dict_put(entry, "state", tensors);
+      dict_put(entry, "bytes", Tcl_NewWideIntObj(bytes));
+      state_total += bytes;
+      param_total += bytes_of(p);
+      dict_put(params, registry.add(p).c_str(), entry);
+    }
+  }
+  Tcl_Obj* result = Tcl_NewDictObj();
+  dict_put(result, "type", Tcl_NewStringObj(opt->type.c_str(), -1));
+  dict_put(result, "parameters", params);
+  dict_put(result, "state_bytes", Tcl_NewWideIntObj(state_total));
+  dict_put(result, "parameter_bytes", Tcl_NewWideIntObj(param_total));
+  // Adam keeps exp_avg and exp_avg_sq, each the size of the parameters.
+  dict_put(result, "adam_state_bytes", Tcl_NewWideIntObj(2 * param_total));
+  Tcl_SetObjResult(interp, result);
+  return TCL_OK;
+}
+
+CommandSpec file_spec(const char* name) {
+  return {name, {
+      {.name = "optimizer", .required = true, .placeholder = "optimizer"},
+      {.name = "file", .type = ArgType::String, .required = true, .placeholder = "file"},
+  }};
+}
+const CommandSpec kSave = file_spec("torch::optimizer_save");
+const CommandSpec kLoad = file_spec("torch::optimizer_load");
+
+int cmd_optimizer_save(Registry& registry, Tcl_Interp* interp, int objc,
+                       Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kSave, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::shared_ptr<OptimizerEntry> opt;
+  if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
+  write_atomically(args.str("file"),
+                   [&](const std::string& tmp) { torch::save(*opt->optimizer, tmp); });
+  return ok(interp, "");
+}
+
+// Every state tensor of a loaded optimizer must fit its parameter.
+void check_loaded_state(const torch::optim::Optimizer& optimizer) {
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) {
+      auto it = optimizer.state().find(p.unsafeGetTensorImpl());
+      if (it == optimizer.state().end()) continue;
+      if (auto* s = dynamic_cast<const AdafactorParamState*>(it->second.get())) {
+        adafactor_check_state(p, *s, static_cast<const AdafactorOptions&>(group.options()));
+        continue;
+      }
+      double step = 0;
+      for (const auto& [name, t] : state_tensors(*it->second, step)) {
+        TORCH_CHECK(t.sizes() == p.sizes(), "state \"", name, "\" has shape ", t.sizes(),
+                    " but its parameter has shape ", p.sizes());
+      }
+    }
+  }
+}
+
+// Loads into a fresh optimizer first: a missing, truncated, corrupted,
+// wrong-kind or wrong-shape file leaves the live optimizer untouched.
+int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
+                       Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kLoad, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::shared_ptr<OptimizerEntry> opt;
+  if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
+  const std::string file = args.str("file");
+  std::unique_ptr<torch::optim::Optimizer> fresh;
+  try {
+    fresh = opt->make_fresh();
+    torch::load(*fresh, file);
+    check_loaded_state(*fresh);
+  } catch (const c10::Error& e) {
+    return fail(interp,
+                "cannot load " + opt->type + " optimizer from \"" + file + "\": " +
+                    e.what_without_backtrace(),
+                {"TORCH", "FILE", file});
+  } catch (const std::exception& e) {
+    return fail(interp, "cannot load " + opt->type + " optimizer from \"" + file + "\": " + e.what(),
+                {"TORCH", "FILE", file});
+  }
+  opt->optimizer = std::move(fresh);
+  return ok(interp, "");
+}
+
 }  // namespace
 
 const std::vector<CommandDef>& optimizer_commands() {
   static const std::vector<CommandDef> table = {
       {"torch::optimizer_adafactor", cmd_optimizer_adafactor},
       {"torch::optimizerAdafactor", cmd_optimizer_adafactor_alias},
+      {"torch::optimizer_adam", cmd_optimizer_adam},
+      {"torch::optimizer_adamw", cmd_optimizer_adamw},
+      {"torch::optimizer_sgd", cmd_optimizer_sgd},
       {"torch::optimizer_step", cmd_optimizer_step},
+      {"torch::optimizer_state", cmd_optimizer_state},
+      {"torch::optimizer_save", cmd_optimizer_save},
+      {"torch::optimizer_load", cmd_optimizer_load},
       {"torch::optimizer_zero_grad", cmd_optimizer_zero_grad},
       {"torch::optimizer_lr", cmd_optimizer_lr},
   };

@@ -137,6 +137,30 @@ int cmd_rand(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
                  r, i, c, v);
 }
 
+const CommandSpec kFull{"torch::full", {
+    {.name = "shape", .required = true, .placeholder = "shape"},
+    {.name = "value", .type = ArgType::Double, .required = true},
+    {.name = "dtype", .type = ArgType::String, .default_value = "float32",
+     .placeholder = "dtype", .choices = kDtypeNames},
+    {.name = "requiresGrad", .snake = "requires_grad", .type = ArgType::Bool,
+     .default_value = "0", .placeholder = "bool"},
+}};
+
+int cmd_full(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
+  Args args;
+  if (parse_args(interp, kFull, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  std::vector<std::int64_t> shape;
+  if (get_shape(interp, "shape", args.obj("shape"), shape) != TCL_OK) return TCL_ERROR;
+  const auto dtype = dtype_from_name(args.str("dtype"));
+  if (args.flag("requiresGrad") && !at::isFloatingType(dtype)) {
+    return bad_value(interp, "requiresGrad", args.obj("requiresGrad"),
+                     "only floating-point tensors can require gradients");
+  }
+  auto t = at::full(shape, args.number("value"), at::TensorOptions().dtype(dtype));
+  t.set_requires_grad(args.flag("requiresGrad"));
+  return tensor_result(registry, interp, std::move(t));
+}
+
 // Reads nested lists of numbers: the shape comes from the first element at
 // each depth, and every other element must agree with it.
 class Flattener {
@@ -390,6 +414,7 @@ const std::vector<CommandDef>& tensor_commands() {
       {"torch::ones", cmd_ones},
       {"torch::randn", cmd_randn},
       {"torch::rand", cmd_rand},
+      {"torch::full", cmd_full},
       {"torch::tensor_create", cmd_tensor_create},
       {"torch::tensor_item", cmd_tensor_item},
       {"torch::tensor_to_list", cmd_tensor_to_list},

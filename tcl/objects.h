@@ -6,6 +6,7 @@
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/optim/optimizer.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -28,8 +29,12 @@ struct ModuleEntry {
 };
 
 struct OptimizerEntry {
-  std::string type;  // "adafactor", ...
+  std::string type;  // "adafactor", "adam", "adamw", "sgd"
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  // A new optimizer of the same kind, parameters and options, with no
+  // state: loading goes into one of these first, so a bad file changes
+  // nothing.
+  std::function<std::unique_ptr<torch::optim::Optimizer>()> make_fresh;
 };
 
 }  // namespace tcltorch::tcl

@@ -112,6 +112,12 @@ TCLTORCH_API void adafactor_init_state(const torch::Tensor& param,
                                        const AdafactorOptions& options,
                                        AdafactorParamState& state);
 
+// Throws c10::Error unless `state` has the tensors, shapes and dtypes that
+// `options` call for with this parameter (e.g. after loading a file).
+TCLTORCH_API void adafactor_check_state(const torch::Tensor& param,
+                                        const AdafactorParamState& state,
+                                        const AdafactorOptions& options);
+
 // One Adafactor step of one parameter, in place on `param` and `state`.
 // The whole algorithm lives here; every front door calls it.
 TCLTORCH_API void adafactor_step(const torch::Tensor& param,

@@ -1,0 +1,153 @@
+"""The optimizers timed from Python, each behind the same small interface.
+
+Every Adafactor row runs its own defaults, which are the same algorithm
+(torch.optim.Adafactor's, for ours: the core's default "torch" variant), or for
+transformers and timm the paper's variant, whose work per element is the same.
+To add a row, append an Impl to `python_impls()`: `make(params)` returns an
+object whose `step()` does one optimizer step.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .timing import Timing, measure, measure_batched
+
+# torch.finfo(torch.float32).eps: the core's default eps1 for float32, which
+# the Tcl command must be given explicitly (its default is transformers').
+FLOAT32_EPS = "1.1920928955078125e-07"
+
+
+@dataclass
+class Impl:
+    key: str
+    label: str
+    kind: str  # "ours", "adafactor" (another Adafactor), "reference"
+    make: Optional[Callable] = None  # params -> object with .step()
+    reason: str = ""  # why it is not available
+    # Optional: a timer of its own, (params, reps, target_s) -> Timing.
+    timer: Optional[Callable] = None
+
+    @property
+    def available(self) -> bool:
+        return self.make is not None or self.timer is not None
+
+    def time(self, params, reps: int, target_s: float) -> Timing:
+        if self.timer is not None:
+            return self.timer(params, reps, target_s)
+        opt = self.make(params)
+        with torch.no_grad():
+            return measure(opt.step, reps, target_s)
+
+
+def _reason(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+    return text[:160]
+
+
+def _tcltorch_python_door() -> list[Impl]:
+    import tcltorch
+    from tcltorch import _C
+
+    impls = [Impl("py_C", "tcltorch._C.Adafactor (Python door)", "ours",
+                  make=lambda ps: _C.Adafactor(ps))]
+    # tcltorch.Adafactor (a torch.optim.Optimizer) gets its row when it exists.
+    cls = getattr(tcltorch, "Adafactor", None)
+    if cls is not None:
+        impls.append(Impl("py", "tcltorch.Adafactor", "ours", make=lambda ps: cls(ps)))
+    return impls
+
+
+class TclDoor:
+    """torch::optimizer_step driven by a real Tcl interpreter (tkinter), on
+    parameters made in Python and registered with Interp.put_tensor. Timed
+    with Tcl's own `time` command, so no Python runs between steps."""
+
+    _TIME = re.compile(r"^\s*([0-9.eE+-]+) microseconds per iteration")
+
+    def __init__(self, params):
+        from tcltorch.tcl import Interp
+
+        self.interp = Interp()
+        handles = [self.interp.put_tensor(p) for p in params]
+        self.interp.tk.call("set", "::bench_params", tuple(handles))
+        # The core's default algorithm (variant torch, lr 1e-2, eps1 =
+        # finfo(float32).eps, eps2 = 1e-3): the same as the other rows.
+        self.opt = self.interp.eval(
+            "torch::optimizer_adafactor -parameters $::bench_params -variant torch "
+            f"-lr 0.01 -eps2 {FLOAT32_EPS} -epsScale 1e-3")
+
+    def step(self):
+        self.interp.eval(f"torch::optimizer_step {self.opt}")
+
+    def run_batch(self, k: int) -> float:
+        out = self.interp.eval(f"time {{torch::optimizer_step {self.opt}}} {k}")
+        m = self._TIME.match(out)
+        if not m:
+            raise RuntimeError(f"unexpected output of Tcl's time: {out!r}")
+        return float(m.group(1)) * 1e-6
+
+    def close(self):
+        self.interp.close()
+
+
+def _time_tcl(params, reps: int, target_s: float) -> Timing:
+    door = TclDoor(params)
+    try:
+        return measure_batched(door.run_batch, reps, target_s)
+    finally:
+        door.close()
+
+
+def _transformers() -> Impl:
+    label = "transformers.optimization.Adafactor"
+    try:
+        from transformers.optimization import Adafactor
+    except Exception as e:  # noqa: BLE001 - any import failure makes the row unavailable
+        return Impl("transformers", label, "adafactor", reason=_reason(e))
+    return Impl("transformers", label, "adafactor", make=lambda ps: Adafactor(ps))
+
+
+def _timm() -> Impl:
+    label = "timm.optim.Adafactor"
+    try:
+        from timm.optim import Adafactor
+    except Exception as e:  # noqa: BLE001
+        return Impl("timm", label, "adafactor", reason=_reason(e))
+    return Impl("timm", label, "adafactor", make=lambda ps: Adafactor(ps))
+
+
+def python_impls() -> list[Impl]:
+    """The rows timed in this process, in table order (after the C++ row)."""
+    impls = _tcltorch_python_door()
+    impls.append(Impl("tcl", "torch::optimizer_step (Tcl door)", "ours", timer=_time_tcl))
+    impls += [
+        Impl("torch_loop", "torch.optim.Adafactor (for-loop)", "adafactor",
+             make=lambda ps: torch.optim.Adafactor(ps, foreach=False)),
+        Impl("torch_foreach", "torch.optim.Adafactor (foreach)", "adafactor",
+             make=lambda ps: torch.optim.Adafactor(ps, foreach=True)),
+        _transformers(),
+        _timm(),
+        Impl("adamw_fused", "torch.optim.AdamW(fused=True)", "reference",
+             make=lambda ps: torch.optim.AdamW(ps, fused=True)),
+    ]
+    return impls
+
+
+def state_bytes(opt, params) -> int:
+    """Bytes of the tensors in an optimizer's state."""
+    from tcltorch import _C
+
+    if isinstance(opt, _C.Adafactor):
+        states = [opt.state(p) for p in params]
+    else:
+        states = [opt.state[p] for p in params if p in opt.state]
+    total = 0
+    for st in states:
+        for v in st.values():
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+    return total

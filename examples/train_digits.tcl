@@ -1,0 +1,95 @@
+# Trains the seed page's network shape (Linear-ReLU-Linear with 256 hidden
+# units) on the 8x8 handwritten digits in examples/data/digits.txt, holding
+# out 20% for testing: first with torch::optimizer_adafactor at its default
+# options, then with torch::optimizer_adam for comparison.
+#
+#   TCLLIBPATH=$(python -m tcltorch tcl-path) tclsh examples/train_digits.tcl ?epochs? ?batch?
+package require torch
+
+set epochs [expr {$argc > 0 ? [lindex $argv 0] : 5}]
+set batch [expr {$argc > 1 ? [lindex $argv 1] : 32}]
+set here [file dirname [file normalize [info script]]]
+
+# Each line: label, then 64 pixels in 0..16 (scaled to 0..1 here).
+proc load_digits {file} {
+    set labels {}
+    set pixels {}
+    set f [open $file r]
+    while {[gets $f line] >= 0} {
+        if {$line eq "" || [string index $line 0] eq "#"} continue
+        lappend labels [lindex $line 0]
+        foreach v [lrange $line 1 end] {
+            lappend pixels [expr {$v / 16.0}]
+        }
+    }
+    close $f
+    set n [llength $labels]
+    list [torch::tensor_create $pixels [list $n 64]] \
+         [torch::tensor_create $labels {} int64] $n
+}
+
+lassign [load_digits [file join $here data digits.txt]] X y n
+torch::manual_seed 0
+set order [torch::randperm $n]
+set ntest [expr {$n / 5}]
+set ntrain [expr {$n - $ntest}]
+set train_idx [torch::tensor_slice $order 0 0 $ntrain]
+set test_idx [torch::tensor_slice $order 0 $ntrain]
+set Xtrain [torch::index_select $X 0 $train_idx]
+set ytrain [torch::index_select $y 0 $train_idx]
+set Xtest [torch::index_select $X 0 $test_idx]
+set ytest [torch::index_select $y 0 $test_idx]
+puts "digits: $ntrain training and $ntest test samples, batch $batch, $epochs epochs"
+
+proc accuracy {model X y n} {
+    torch::eval $model
+    set logits [torch::forward $model $X]
+    set pred [torch::argmax $logits 1]
+    set hits [torch::sum [torch::eq $pred $y]]
+    set acc [expr {double([torch::tensor_item $hits]) / $n}]
+    torch::delete $logits $pred $hits
+    torch::train $model
+    return $acc
+}
+
+# Trains a fresh network with the optimizer that `make` builds from a module;
+# returns the final test accuracy.
+proc train {name make} {
+    global Xtrain ytrain Xtest ytest ntrain ntest epochs batch
+    torch::manual_seed 1
+    set model [torch::sequential]
+    torch::add_module $model [torch::linear 64 256]
+    torch::add_module $model [torch::relu]
+    torch::add_module $model [torch::linear 256 10]
+    set opt [{*}$make $model]
+    for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
+        set perm [torch::randperm $ntrain]
+        set Xs [torch::index_select $Xtrain 0 $perm]
+        set ys [torch::index_select $ytrain 0 $perm]
+        set total 0.0
+        set batches 0
+        for {set i 0} {$i < $ntrain} {incr i $batch} {
+            set xb [torch::tensor_slice $Xs 0 $i [expr {$i + $batch}]]
+            set yb [torch::tensor_slice $ys 0 $i [expr {$i + $batch}]]
+            torch::optimizer_zero_grad $opt
+            set logits [torch::forward $model $xb]
+            set loss [torch::cross_entropy_loss $logits $yb]
+            torch::tensor_backward $loss
+            torch::optimizer_step $opt
+            set total [expr {$total + [torch::tensor_item $loss]}]
+            incr batches
+            torch::delete $xb $yb $logits $loss
+        }
+        torch::delete $perm $Xs $ys
+        set acc [accuracy $model $Xtest $ytest $ntest]
+        puts [format "%-9s epoch %d/%d  loss %.4f  test accuracy %.2f%%" \
+                  $name $epoch $epochs [expr {$total / $batches}] [expr {100 * $acc}]]
+    }
+    torch::delete $model $opt
+    return $acc
+}
+
+set adafactor [train adafactor {torch::optimizer_adafactor -parameters}]
+set adam [train adam {torch::optimizer_adam -parameters}]
+puts [format "final test accuracy: adafactor %.2f%%, adam %.2f%%" \
+          [expr {100 * $adafactor}] [expr {100 * $adam}]]
