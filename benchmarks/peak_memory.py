@@ -4,7 +4,7 @@ door is `bench_step peak SPEC`, which does the same in C++).
 
     python benchmarks/peak_memory.py IMPL SPEC
 
-IMPL is a key of bench.impls.python_impls() (py_C, tcl, torch_loop, ...);
+IMPL is a key of bench.impls.python_impl() (py_C, tcl, torch_loop, ...);
 SPEC a parameter set (see bench/sets.py). Prints one JSON object.
 
 The method of tests/tools/step_peak_memory.py, generalised: make the
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench.impls import TclDoor, python_impls, state_bytes  # noqa: E402
+from bench.impls import TclDoor, python_impl, state_bytes  # noqa: E402
 from bench.sets import ParamSet  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     if key == "tcl":
         opt = TclDoor(params)
     else:
-        impl = next(i for i in python_impls() if i.key == key)
+        impl = python_impl(key)
         if not impl.available:
             raise SystemExit(f"{key}: not available ({impl.reason})")
         opt = impl.make(params)

@@ -120,21 +120,49 @@ def _timm() -> Impl:
     return Impl("timm", label, "adafactor", make=lambda ps: Adafactor(ps))
 
 
+def _tcl() -> Impl:
+    return Impl("tcl", "torch::optimizer_step (Tcl door)", "ours", timer=_time_tcl)
+
+
+def _torch_loop() -> Impl:
+    return Impl("torch_loop", "torch.optim.Adafactor (for-loop)", "adafactor",
+                make=lambda ps: torch.optim.Adafactor(ps, foreach=False))
+
+
+def _torch_foreach() -> Impl:
+    return Impl("torch_foreach", "torch.optim.Adafactor (foreach)", "adafactor",
+                make=lambda ps: torch.optim.Adafactor(ps, foreach=True))
+
+
+def _adamw_fused() -> Impl:
+    return Impl("adamw_fused", "torch.optim.AdamW(fused=True)", "reference",
+                make=lambda ps: torch.optim.AdamW(ps, fused=True))
+
+
+# Table order (after the C++ door); each builder imports only what it needs.
+_BUILDERS = [_tcltorch_python_door, _tcl, _torch_loop, _torch_foreach, _transformers, _timm,
+             _adamw_fused]
+_KEYS = {"py_C": _tcltorch_python_door, "py": _tcltorch_python_door, "tcl": _tcl,
+         "torch_loop": _torch_loop, "torch_foreach": _torch_foreach,
+         "transformers": _transformers, "timm": _timm, "adamw_fused": _adamw_fused}
+
+
 def python_impls() -> list[Impl]:
-    """The rows timed in this process, in table order (after the C++ row)."""
-    impls = _tcltorch_python_door()
-    impls.append(Impl("tcl", "torch::optimizer_step (Tcl door)", "ours", timer=_time_tcl))
-    impls += [
-        Impl("torch_loop", "torch.optim.Adafactor (for-loop)", "adafactor",
-             make=lambda ps: torch.optim.Adafactor(ps, foreach=False)),
-        Impl("torch_foreach", "torch.optim.Adafactor (foreach)", "adafactor",
-             make=lambda ps: torch.optim.Adafactor(ps, foreach=True)),
-        _transformers(),
-        _timm(),
-        Impl("adamw_fused", "torch.optim.AdamW(fused=True)", "reference",
-             make=lambda ps: torch.optim.AdamW(ps, fused=True)),
-    ]
-    return impls
+    """The rows timed in the Python process, in table order."""
+    out = []
+    for build in _BUILDERS:
+        made = build()
+        out += made if isinstance(made, list) else [made]
+    return out
+
+
+def python_impl(key: str) -> Impl:
+    """One row, importing only what it needs."""
+    made = _KEYS[key]()
+    for impl in made if isinstance(made, list) else [made]:
+        if impl.key == key:
+            return impl
+    raise KeyError(f"{key}: not available")
 
 
 def state_bytes(opt, params) -> int:

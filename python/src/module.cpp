@@ -110,6 +110,21 @@ py::dict state_dict_of(const AdafactorParamState& s) {
   return d;
 }
 
+// A state dict of tcltorch.Adafactor (or torch.optim.Adafactor) as the
+// core's state: the same tensors, not copies.
+AdafactorParamState state_from_dict(const py::dict& d) {
+  AdafactorParamState s;
+  auto get = [&](const char* key) -> at::Tensor {
+    return d.contains(key) ? d[key].cast<at::Tensor>() : at::Tensor();
+  };
+  s.step(get("step"));
+  s.row_var(get("row_var"));
+  s.col_var(get("col_var"));
+  s.variance(get("variance"));
+  s.exp_avg(get("exp_avg"));
+  return s;
+}
+
 Tcl_Interp* interp_at(std::uintptr_t address) {
   if (address == 0) throw std::invalid_argument("null Tcl interpreter address");
   return reinterpret_cast<Tcl_Interp*>(address);
@@ -176,6 +191,43 @@ PYBIND11_MODULE(_C, m) {
              torch::load(self, path);
            },
            py::arg("path"));
+
+  m.def("validate_options", [](const py::kwargs& kwargs) { options_from(kwargs); },
+        "Raises ValueError/TypeError unless the keyword arguments are valid core options.");
+  m.def("adafactor_init_state",
+        [](const at::Tensor& param, const py::kwargs& kwargs) {
+          AdafactorParamState state;
+          tcltorch::adafactor_init_state(param, options_from(kwargs), state);
+          return state_dict_of(state);
+        },
+        py::arg("param"), "A new state dict for one parameter (zeros; step 0).");
+  m.def("adafactor_step",
+        [](const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+           const py::list& states, const py::kwargs& kwargs) {
+          const auto options = options_from(kwargs);
+          if (params.size() != grads.size() || params.size() != states.size()) {
+            throw py::value_error("params, grads and states must have the same length");
+          }
+          std::vector<AdafactorParamState> core_states;
+          core_states.reserve(states.size());
+          for (const auto& s : states) core_states.push_back(state_from_dict(s.cast<py::dict>()));
+          {
+            py::gil_scoped_release release;
+            for (std::size_t i = 0; i < params.size(); ++i) {
+              tcltorch::adafactor_step(params[i], grads[i], core_states[i], options);
+            }
+          }
+          // A step may add state (exp_avg when beta1 was turned on later).
+          for (std::size_t i = 0; i < params.size(); ++i) {
+            auto d = states[i].cast<py::dict>();
+            if (core_states[i].exp_avg().defined() && !d.contains("exp_avg")) {
+              d["exp_avg"] = core_states[i].exp_avg();
+            }
+          }
+        },
+        py::arg("params"), py::arg("grads"), py::arg("states"),
+        "One step of each parameter with the fused core; states are updated in place. "
+        "Releases the GIL.");
 
   m.def("_set_fused_enabled", &tcltorch::detail::set_fused_enabled, py::arg("enabled"),
         "Tests and benchmarks: allow the fused CPU kernel (True) or force the ATen-op path.");

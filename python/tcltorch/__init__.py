@@ -27,5 +27,7 @@ def _check_torch() -> None:
 _check_torch()
 
 from . import _C  # noqa: E402  (needs torch's libraries loaded first)
+from .optim import Adafactor, from_transformers_state_dict  # noqa: E402
 
-__all__ = ["__version__", "cmake_prefix", "tcl_path", "_C"]
+__all__ = ["Adafactor", "from_transformers_state_dict", "__version__", "cmake_prefix",
+           "tcl_path", "_C"]

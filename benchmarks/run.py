@@ -1,0 +1,291 @@
+"""The Adafactor step, side by side, in one run: `make bench`, or
+
+    .venv/bin/python benchmarks/run.py            # the full run, ~5 minutes
+    .venv/bin/python benchmarks/run.py --smoke    # the same code paths, tiny sizes
+
+Times one optimizer step of tcltorch through its three doors (C++, Python, Tcl),
+of torch.optim.Adafactor (for-loop and foreach), transformers' and timm's
+Adafactor, of torch.optim.AdamW(fused=True) as the speed reference, and of a
+memory-bandwidth floor; on a transformer-like, a conv-like, a many-small-tensors
+and a one-tiny-tensor set, with 2 and 1 threads, and over a size sweep 1M..64M.
+Measures, in a fresh process per implementation, the peak memory a step adds.
+Prints the tables and the targets, writes the results as JSON
+(build/bench/results.json) and docs/performance.md with its plots
+(docs/performance/*.png). See docs/performance.md for the method.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+from bench import cpp, report  # noqa: E402
+from bench.impls import Impl, python_impls  # noqa: E402
+from bench.sets import FULL, FULL_SWEEP, SMOKE, SMOKE_SWEEP, clone  # noqa: E402
+from bench.timing import Timing, measure  # noqa: E402
+
+MAIN_SETS = ["transformer", "conv", "small", "tiny"]
+# Rows of the size sweep (the Tcl door runs the C++ door's code: it is timed
+# on the other sets, where its call overhead shows).
+SWEEP_IMPLS = ["cpp", "py_C", "py", "torch_loop", "torch_foreach", "transformers", "timm",
+               "adamw_fused", "floor"]
+# Peak memory is measured on this set.
+PEAK_SET = "transformer"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ machine
+def cpu_busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    total = sum(v[:8])
+    return total - idle, total
+
+
+def own_cpu_seconds() -> float:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    import tcltorch
+    from tcltorch import _C
+
+    info["torch"] = torch.__version__
+    info["tcltorch"] = tcltorch.__version__
+    info["tcltorch_cpu_capability"] = _C._cpu_capability()
+    info["aten_parallel"] = torch.__config__.parallel_info().splitlines()[-1].strip()
+    for mod in ("transformers", "numpy", "matplotlib"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            info[mod] = None
+    return info
+
+
+# ------------------------------------------------------------------ runs
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.smoke = args.smoke
+        self.sets = SMOKE if self.smoke else FULL
+        self.sweep = SMOKE_SWEEP if self.smoke else FULL_SWEEP
+        self.threads = [int(t) for t in args.threads.split(",")]
+        self.reps = 3 if self.smoke else args.reps
+        self.min_reps = 2 if self.smoke else 5
+        self.target_s = 0.002 if self.smoke else 0.01  # seconds per sample
+        self.budget_s = 0.05 if self.smoke else 1.5     # per row, slow rows
+        self.times: list[dict] = []
+        self.py = python_impls()
+        self.runner = None
+
+    def impls(self) -> list[Impl]:
+        """All rows in table order: the C++ door, the Python rows, the floor."""
+        out = [Impl("cpp", "tcltorch::Adafactor::step (C++ door)", "ours",
+                    timer=lambda *a: None)]
+        out += self.py
+        out.append(Impl("floor", "bandwidth floor (3 G reads + P read/write)", "floor",
+                        timer=lambda *a: None))
+        if self.runner is None:
+            for i in out:
+                if i.key in ("cpp", "floor"):
+                    i.timer, i.make = None, None
+                    i.reason = "C++ benchmark not built (--no-cpp)"
+        return out
+
+    def record(self, set_key, threads, impl, t: Timing):
+        self.times.append({"set": set_key, "threads": threads, "impl": impl, **t.as_dict()})
+        log(f"  {set_key:<12} threads={threads} {impl:<14} {report.fmt_time(t.median_s):>10}"
+            f"  (batch {t.batch}, {len(t.samples)} samples)")
+
+    def time_impl(self, impl: Impl, pset, base, threads: int):
+        if impl.key in ("cpp", "floor"):
+            kind = "time" if impl.key == "cpp" else "floor"
+            t = self.runner.time(kind, pset.key, threads, self.reps, self.target_s, pset.spec)
+        else:
+            params = clone(base)
+            t = time_python(impl, params, self.reps, self.min_reps, self.target_s,
+                            self.budget_s)
+            del params
+            gc.collect()
+        self.record(pset.key, threads, impl.key, t)
+
+    def run_times(self):
+        impls = [i for i in self.impls() if i.available]
+        for threads in self.threads:
+            torch.set_num_threads(threads)
+            for key in MAIN_SETS:
+                pset = self.sets[key]
+                base = pset.make()
+                for impl in impls:
+                    self.time_impl(impl, pset, base, threads)
+                del base
+                gc.collect()
+            for pset in self.sweep:
+                base = pset.make()
+                for impl in impls:
+                    if impl.key in SWEEP_IMPLS:
+                        self.time_impl(impl, pset, base, threads)
+                del base
+                gc.collect()
+        torch.set_num_threads(self.threads[0])
+
+    def run_peaks(self, program) -> list[dict]:
+        spec = self.sets[PEAK_SET].spec
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        out = []
+        jobs = []
+        if program is not None:
+            jobs.append(("cpp", [str(program), "peak", spec]))
+        for impl in self.py:
+            if impl.available:
+                jobs.append((impl.key, [sys.executable, str(HERE / "peak_memory.py"),
+                                        impl.key, spec]))
+        for key, cmd in jobs:
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                raise RuntimeError(f"peak memory of {key} failed:\n{r.stderr[-3000:]}")
+            row = json.loads(r.stdout.strip().splitlines()[-1])
+            row["impl"] = key
+            out.append(row)
+            log(f"  peak {key:<14} added {report.fmt_bytes(row['added'])}")
+        cpp_state = next((r["state_bytes"] for r in out if r["impl"] == "cpp"), None)
+        for r in out:
+            if r["impl"] == "tcl" and r["state_bytes"] is None:
+                r["state_bytes"] = cpp_state  # same core, same state
+        return out
+
+
+def time_python(impl: Impl, params, reps, min_reps, target_s, budget_s) -> Timing:
+    """impl.time, with fewer samples for slow rows (at least min_reps)."""
+    if impl.timer is not None:
+        return impl.timer(params, reps, target_s)
+    opt = impl.make(params)
+    with torch.no_grad():
+        opt.step()
+        t0 = time.perf_counter()
+        opt.step()
+        one = time.perf_counter() - t0
+        n = max(min_reps, min(reps, int(budget_s / max(one, 1e-9))))
+        return measure(opt.step, n, target_s)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny sizes and few samples: checks the code paths, not speed")
+    ap.add_argument("--threads", default="2,1", help="thread counts (default 2,1)")
+    ap.add_argument("--reps", type=int, default=15,
+                    help="samples per row (slow rows: fewer, at least 5)")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="results file (default build/bench/results.json, "
+                         "build/bench-smoke/results.json with --smoke)")
+    ap.add_argument("--docs", type=Path, default=None,
+                    help="where to write performance.md and its plots "
+                         "(default docs/; with --smoke, next to the JSON)")
+    ap.add_argument("--no-docs", action="store_true", help="do not write the docs")
+    ap.add_argument("--no-cpp", action="store_true",
+                    help="skip the C++ door and the floor (no C++ build)")
+    ap.add_argument("--no-peak", action="store_true", help="skip the peak-memory processes")
+    ap.add_argument("--cpp-build-dir", type=Path, default=REPO / "build" / "bench-cpp")
+    args = ap.parse_args(argv)
+    out_dir = REPO / "build" / ("bench-smoke" if args.smoke else "bench")
+    json_path = args.json or out_dir / "results.json"
+    docs_dir = args.docs or (json_path.parent if args.smoke else REPO / "docs")
+
+    start = time.time()
+    busy0, total0 = cpu_busy_jiffies()
+    own0 = own_cpu_seconds()
+    load0 = os.getloadavg()
+
+    bench = Bench(args)
+    program = None
+    if not args.no_cpp:
+        log("building the C++ benchmark ...")
+        program = cpp.build(args.cpp_build_dir, log=log)
+        bench.runner = cpp.Runner(program)
+    meta = machine_info()
+    log(f"timing on {meta.get('cpu')} ({meta['cores']} cores), torch {meta['torch']}")
+    try:
+        bench.run_times()
+    finally:
+        if bench.runner is not None:
+            bench.runner.close()
+    peaks = []
+    if not args.no_peak:
+        log("peak memory, one fresh process per implementation ...")
+        peaks = bench.run_peaks(program)
+
+    busy1, total1 = cpu_busy_jiffies()
+    hz = os.sysconf("SC_CLK_TCK")
+    elapsed = time.time() - start
+    own = own_cpu_seconds() - own0
+    other = max(0.0, (busy1 - busy0) / hz - own)
+    capacity = (total1 - total0) / hz
+    meta.update({
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "elapsed_s": round(elapsed, 1),
+        "loadavg_start": [round(x, 2) for x in load0],
+        "other_cpu_share": round(other / capacity, 3) if capacity > 0 else None,
+        "smoke": args.smoke,
+    })
+    sets = {k: {"title": s.title, "spec": s.spec, "numel": s.numel(), "tensors": len(s.shapes())}
+            for k, s in {**bench.sets, **{p.key: p for p in bench.sweep}}.items()}
+    results = {
+        "meta": meta,
+        "threads": bench.threads,
+        "impls": [{"key": i.key, "label": i.label, "kind": i.kind, "available": i.available,
+                   "reason": i.reason} for i in bench.impls()],
+        "sets": sets,
+        "main_sets": MAIN_SETS,
+        "sweep": [p.key for p in bench.sweep],
+        "peak_set": PEAK_SET,
+        "times": bench.times,
+        "peak": peaks,
+    }
+    results["targets"] = report.targets(results)
+    text = report.tables(results)
+    print(text)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1))
+    log(f"results: {json_path}")
+    if not args.no_docs:
+        md = report.write_docs(results, docs_dir)
+        log(f"docs: {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

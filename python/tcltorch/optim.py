@@ -1,0 +1,216 @@
+"""tcltorch.Adafactor: a drop-in for torch.optim.Adafactor on the fused C++ core."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _C
+
+__all__ = ["Adafactor", "from_transformers_state_dict"]
+
+# Group keys beyond torch.optim.Adafactor's, with their defaults. A state dict
+# saved by torch.optim.Adafactor lacks them; __setstate__ fills them in.
+_EXTRA_DEFAULTS: dict[str, Any] = {
+    "beta1": None,
+    "relative_step": True,
+    "scale_parameter": True,
+    "warmup_init": False,
+    "variant": "torch",
+    "factored_dims": "last_two",
+    "min_dim_size_to_factor": 0,
+    "fp32_state": False,
+    "stochastic_rounding": False,
+}
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, Tensor):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _core_options(group: dict) -> dict:
+    """The core's keyword options for a parameter group, read at step time so
+    that LR schedulers and wrappers that edit param_groups take effect."""
+    eps1, eps2 = group["eps"]
+    return {
+        "lr": _number("lr", group["lr"]),
+        "beta2_decay": _number("beta2_decay", group["beta2_decay"]),
+        "eps1": None if eps1 is None else _number("eps1", eps1),
+        "eps2": _number("eps2", eps2),
+        "d": _number("d", group["d"]),
+        "weight_decay": _number("weight_decay", group["weight_decay"]),
+        "maximize": bool(group["maximize"]),
+        "beta1": None if group["beta1"] is None else _number("beta1", group["beta1"]),
+        "relative_step": bool(group["relative_step"]),
+        "scale_parameter": bool(group["scale_parameter"]),
+        "warmup_init": bool(group["warmup_init"]),
+        "variant": str(group["variant"]),
+        "factored_dims": str(group["factored_dims"]),
+        "min_dim_size_to_factor": int(group["min_dim_size_to_factor"]),
+        "fp32_state": bool(group["fp32_state"]),
+        "stochastic_rounding": bool(group["stochastic_rounding"]),
+    }
+
+
+def _check_parameter(p: Tensor) -> None:
+    if type(p).__name__ == "FlatParameter" or getattr(p, "_is_flat_param", False):
+        raise RuntimeError(
+            "tcltorch.Adafactor cannot run on FSDP1 flat parameters: they are flattened "
+            "to 1-D, which leaves nothing to factor and makes the RMS statistics per "
+            "shard. Shard the model with FSDP2 (torch.distributed.fsdp.fully_shard) "
+            "instead.")
+    if type(p).__name__ == "DTensor":
+        raise NotImplementedError(
+            "tcltorch.Adafactor does not support DTensor (FSDP2) parameters yet")
+
+
+class Adafactor(Optimizer):
+    """Adafactor with the signature, defaults, numbers and state layout of
+    ``torch.optim.Adafactor``, computed by tcltorch's fused C++ kernel.
+
+    Every further option of the core is a keyword argument (``beta1``,
+    ``relative_step``, ``scale_parameter``, ``warmup_init``, ``variant``,
+    ``factored_dims``, ``min_dim_size_to_factor``, ``fp32_state``,
+    ``stochastic_rounding``); see docs/python.md. ``foreach`` is accepted for
+    compatibility and ignored: every step is fused.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        beta1: float | None = None,
+        relative_step: bool = True,
+        scale_parameter: bool = True,
+        warmup_init: bool = False,
+        variant: str = "torch",
+        factored_dims: str = "last_two",
+        min_dim_size_to_factor: int = 0,
+        fp32_state: bool = False,
+        stochastic_rounding: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        defaults = {
+            "lr": lr,
+            "beta2_decay": beta2_decay,
+            "eps": tuple(eps),
+            "d": d,
+            "weight_decay": weight_decay,
+            "foreach": foreach,
+            "maximize": maximize,
+            "beta1": beta1,
+            "relative_step": relative_step,
+            "scale_parameter": scale_parameter,
+            "warmup_init": warmup_init,
+            "variant": variant,
+            "factored_dims": factored_dims,
+            "min_dim_size_to_factor": min_dim_size_to_factor,
+            "fp32_state": fp32_state,
+            "stochastic_rounding": stochastic_rounding,
+        }
+        _C.validate_options(**_core_options(defaults))
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["eps"] = tuple(group["eps"])
+        _C.validate_options(**_core_options(group))
+        for p in group["params"]:
+            _check_parameter(p)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("maximize", False)
+            for key, value in _EXTRA_DEFAULTS.items():
+                group.setdefault(key, value)
+            group["eps"] = tuple(group["eps"])
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step; returns the closure's loss, if any."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            options = _core_options(group)
+            params, grads, states = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    # Created lazily, as torch does: wrappers (ZeroRedundancyOptimizer,
+                    # distributed checkpoints) rely on it.
+                    state.update(_C.adafactor_init_state(p, **options))
+                params.append(p)
+                grads.append(p.grad)
+                states.append(state)
+            if params:
+                _C.adafactor_step(params, grads, states, **options)
+        return loss
+
+
+def from_transformers_state_dict(state_dict: dict) -> dict:
+    """Converts the state dict of ``transformers.optimization.Adafactor`` (or
+    fairseq's) into one that ``tcltorch.Adafactor.load_state_dict`` takes, with
+    ``variant="transformers"`` so that training continues with the same
+    algorithm."""
+    state = {}
+    for index, old in state_dict["state"].items():
+        # Copies: the result must not share tensors with a live optimizer.
+        new = {"step": torch.tensor(float(old["step"]), dtype=torch.float32)}
+        if "exp_avg_sq_row" in old:
+            new["row_var"] = old["exp_avg_sq_row"].unsqueeze(-1).clone()
+            new["col_var"] = old["exp_avg_sq_col"].unsqueeze(-2).clone()
+        else:
+            new["variance"] = old["exp_avg_sq"].clone()
+        if "exp_avg" in old:
+            new["exp_avg"] = old["exp_avg"].clone()
+        state[index] = new
+    groups = []
+    for old in state_dict["param_groups"]:
+        lr = old.get("lr")
+        groups.append({
+            "params": list(old["params"]),
+            # transformers caps the relative step at 1e-2 when lr is None.
+            "lr": 1e-2 if lr is None else lr,
+            "beta2_decay": old.get("decay_rate", -0.8),
+            "eps": tuple(old.get("eps", (1e-30, 1e-3))),
+            "d": old.get("clip_threshold", 1.0),
+            "weight_decay": old.get("weight_decay", 0.0),
+            "foreach": None,
+            "maximize": False,
+            "beta1": old.get("beta1"),
+            "relative_step": old.get("relative_step", True),
+            "scale_parameter": old.get("scale_parameter", True),
+            "warmup_init": old.get("warmup_init", False),
+            "variant": "transformers",
+            "factored_dims": "last_two",
+            "min_dim_size_to_factor": 0,
+            # transformers keeps fp32 state for bf16/fp16 parameters.
+            "fp32_state": True,
+            "stochastic_rounding": False,
+        })
+    return {"state": state, "param_groups": groups}
