@@ -24,6 +24,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +45,8 @@ SWEEP_IMPLS = ["cpp", "py_C", "py", "torch_loop", "torch_foreach", "transformers
                "adamw_fused", "floor"]
 # Peak memory is measured on this set.
 PEAK_SET = "transformer"
+# --smoke measures only these (and the C++ door), to stay quick.
+SMOKE_PEAK_IMPLS = ["py_C", "tcl", "adamw_fused"]
 
 
 def log(msg: str) -> None:
@@ -124,12 +127,13 @@ class Bench:
                     i.reason = "C++ benchmark not built (--no-cpp)"
         return out
 
-    def record(self, set_key, threads, impl, t: Timing):
+    def record(self, set_key, threads, impl, t: Timing, took: float):
         self.times.append({"set": set_key, "threads": threads, "impl": impl, **t.as_dict()})
         log(f"  {set_key:<12} threads={threads} {impl:<14} {report.fmt_time(t.median_s):>10}"
-            f"  (batch {t.batch}, {len(t.samples)} samples)")
+            f"  (batch {t.batch}, {len(t.samples)} samples; {took:.1f} s)")
 
     def time_impl(self, impl: Impl, pset, base, threads: int):
+        t0 = time.time()
         if impl.key in ("cpp", "floor"):
             kind = "time" if impl.key == "cpp" else "floor"
             t = self.runner.time(kind, pset.key, threads, self.reps, self.target_s, pset.spec)
@@ -139,7 +143,7 @@ class Bench:
                             self.budget_s)
             del params
             gc.collect()
-        self.record(pset.key, threads, impl.key, t)
+        self.record(pset.key, threads, impl.key, t, time.time() - t0)
 
     def run_times(self):
         impls = [i for i in self.impls() if i.available]
@@ -164,22 +168,28 @@ class Bench:
     def run_peaks(self, program) -> list[dict]:
         spec = self.sets[PEAK_SET].spec
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        out = []
         jobs = []
         if program is not None:
             jobs.append(("cpp", [str(program), "peak", spec]))
         for impl in self.py:
-            if impl.available:
+            if impl.available and (not self.smoke or impl.key in SMOKE_PEAK_IMPLS):
                 jobs.append((impl.key, [sys.executable, str(HERE / "peak_memory.py"),
                                         impl.key, spec]))
-        for key, cmd in jobs:
+
+        def run(job):
+            key, cmd = job
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 raise RuntimeError(f"peak memory of {key} failed:\n{r.stderr[-3000:]}")
             row = json.loads(r.stdout.strip().splitlines()[-1])
             row["impl"] = key
-            out.append(row)
             log(f"  peak {key:<14} added {report.fmt_bytes(row['added'])}")
+            return row
+
+        # One process at a time, so that none disturbs another's figures; the
+        # smoke run only checks the code path, two at a time.
+        with ThreadPoolExecutor(max_workers=2 if self.smoke else 1) as pool:
+            out = list(pool.map(run, jobs))
         cpp_state = next((r["state_bytes"] for r in out if r["impl"] == "cpp"), None)
         for r in out:
             if r["impl"] == "tcl" and r["state_bytes"] is None:
@@ -233,19 +243,25 @@ def main(argv=None) -> int:
     program = None
     if not args.no_cpp:
         log("building the C++ benchmark ...")
+        phase = time.time()
         program = cpp.build(args.cpp_build_dir, log=log)
+        log(f"build took {time.time() - phase:.0f} s")
         bench.runner = cpp.Runner(program)
     meta = machine_info()
     log(f"timing on {meta.get('cpu')} ({meta['cores']} cores), torch {meta['torch']}")
+    phase = time.time()
     try:
         bench.run_times()
     finally:
         if bench.runner is not None:
             bench.runner.close()
+    log(f"timings took {time.time() - phase:.0f} s")
     peaks = []
     if not args.no_peak:
         log("peak memory, one fresh process per implementation ...")
+        phase = time.time()
         peaks = bench.run_peaks(program)
+        log(f"peak memory took {time.time() - phase:.0f} s")
 
     busy1, total1 = cpu_busy_jiffies()
     hz = os.sysconf("SC_CLK_TCK")

@@ -33,7 +33,10 @@ def build(build_dir: Path, log=print) -> Path:
            f"-DCMAKE_PREFIX_PATH={prefix}"]
     if shutil.which("ninja") and not (build_dir / "CMakeCache.txt").exists():
         cmd += ["-G", "Ninja"]
-    for step in (cmd, ["cmake", "--build", str(build_dir)]):
+    steps = [["cmake", "--build", str(build_dir)]]
+    if not (build_dir / "CMakeCache.txt").exists():
+        steps.insert(0, cmd)  # later builds re-run CMake themselves when needed
+    for step in steps:
         r = subprocess.run(step, capture_output=True, text=True, env=env)
         if r.returncode != 0:
             sys.stderr.write(r.stdout[-4000:] + r.stderr[-4000:])

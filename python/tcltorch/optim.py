@@ -59,7 +59,9 @@ def _core_options(group: dict) -> dict:
 
 
 def _check_parameter(p: Tensor) -> None:
-    if type(p).__name__ == "FlatParameter" or getattr(p, "_is_flat_param", False):
+    # FSDP1 marks its flat parameters, and with use_orig_params the 1-D views
+    # it hands out instead of the original parameters, as "_fsdp_flattened".
+    if type(p).__name__ == "FlatParameter" or getattr(p, "_fsdp_flattened", False):
         raise RuntimeError(
             "tcltorch.Adafactor cannot run on FSDP1 flat parameters: they are flattened "
             "to 1-D, which leaves nothing to factor and makes the RMS statistics per "

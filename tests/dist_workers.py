@@ -1,0 +1,153 @@
+"""Functions run in the processes of tests/test_distributed.py (2 ranks,
+gloo on 127.0.0.1). Each writes what its test compares into out_dir."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import tcltorch
+
+STEPS = 6
+
+
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 4)).double()
+
+
+def batches(steps: int = STEPS, n: int = 16):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 8, generator=gen, dtype=torch.float64),
+             torch.randn(n, 4, generator=gen, dtype=torch.float64)) for _ in range(steps)]
+
+
+def train_single(options: dict, steps: int = STEPS) -> list[torch.Tensor]:
+    model = make_model()
+    opt = tcltorch.Adafactor(model.parameters(), **options)
+    for x, y in batches(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def init(rank: int, world: int, port: int) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def ddp(rank: int, world: int, port: int, out_dir: str) -> None:
+    init(rank, world, port)
+    options = {"lr": 0.02, "beta1": 0.9, "weight_decay": 0.01}
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = tcltorch.Adafactor(model.parameters(), **options)
+    for x, y in batches():
+        half = x.shape[0] // world
+        xs, ys = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(xs), ys).backward()
+        opt.step()
+    if rank == 0:
+        torch.save({"ddp": [p.detach() for p in model.parameters()],
+                    "single": train_single(options)}, Path(out_dir) / "result.pt")
+    dist.destroy_process_group()
+
+
+def zero(rank: int, world: int, port: int, out_dir: str) -> None:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    init(rank, world, port)
+    options = {"lr": 0.02, "beta1": 0.9, "variant": "transformers"}
+    data = batches(2 * STEPS)
+
+    def run(model, opt, chunk):
+        for x, y in chunk:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+    model = make_model()
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=tcltorch.Adafactor, **options)
+    run(model, opt, data[:STEPS])
+    # Checkpoint: consolidate on rank 0, save, and resume in a new optimizer.
+    opt.consolidate_state_dict(to=0)
+    path = Path(out_dir) / "zero_opt.pt"
+    if rank == 0:
+        torch.save(opt.state_dict(), path)
+    dist.barrier()
+    resumed = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=tcltorch.Adafactor,
+                                      **options)
+    resumed.load_state_dict(torch.load(path, weights_only=False))
+    run(model, resumed, data[STEPS:])
+    if rank == 0:
+        torch.save({"zero": [p.detach() for p in model.parameters()],
+                    "single": train_single(options, 2 * STEPS)}, Path(out_dir) / "result.pt")
+    dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- RPC
+_PARAM = {}
+
+
+def _make_remote_param(seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    _PARAM["w"] = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    return _PARAM["w"]
+
+
+def _remote_forward(w_rref, x):
+    return x @ w_rref.local_value()
+
+
+def rpc_optimizer(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed.autograd as dist_autograd
+    import torch.distributed.rpc as rpc
+    from torch.distributed.optim import DistributedOptimizer
+
+    options = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://127.0.0.1:{port}",
+                                              rpc_timeout=60)
+    rpc.init_rpc(f"worker{rank}", rank=rank, world_size=world, rpc_backend_options=options)
+    if rank == 0:
+        w_rref = rpc.remote("worker1", _make_remote_param, args=(3,))
+        opt = DistributedOptimizer(tcltorch.Adafactor, [w_rref], lr=0.05, beta1=0.8)
+        gen = torch.Generator().manual_seed(2)
+        xs = [torch.randn(4, 5, generator=gen, dtype=torch.float64) for _ in range(STEPS)]
+        for x in xs:
+            with dist_autograd.context() as context_id:
+                out = rpc.rpc_sync("worker1", _remote_forward, args=(w_rref, x))
+                loss = out.pow(2).sum()
+                dist_autograd.backward(context_id, [loss])
+                opt.step(context_id)
+        remote = w_rref.to_here()
+        # The same training in this process.
+        local = _make_remote_param(3)
+        ref = tcltorch.Adafactor([local], lr=0.05, beta1=0.8)
+        for x in xs:
+            ref.zero_grad()
+            (x @ local).pow(2).sum().backward()
+            ref.step()
+        torch.save({"rpc": remote.detach(), "single": local.detach()}, Path(out_dir) / "result.pt")
+    rpc.shutdown()
+
+
+def fsdp1_refused(rank: int, world: int, port: int, out_dir: str) -> None:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    init(rank, world, port)
+    messages = []
+    for use_orig_params in (False, True):
+        model = FSDP(make_model().float(), device_id=torch.device("cpu"),
+                     use_orig_params=use_orig_params)
+        try:
+            tcltorch.Adafactor(model.parameters())
+            messages.append("accepted")
+        except RuntimeError as e:
+            messages.append(str(e))
+    if rank == 0:
+        (Path(out_dir) / "message.txt").write_text("\n".join(messages))
+    dist.destroy_process_group()
