@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make run    set everything up, then train on the digits data from Tcl
 #   make test   set everything up, then run the whole test suite
+#   make bench  set everything up, then time the optimizer step side by side
+#               and regenerate docs/performance.md (BENCH_ARGS: more options)
 # Overridable: TORCH_SPEC (default torch==2.13.0, CPU), VENV, PYTHON.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 export PYTHON VENV TORCH_SPEC
 
-.PHONY: setup run test clean
+.PHONY: setup run test bench clean
 
 setup:
 	scripts/setup.sh
@@ -19,6 +21,10 @@ run: setup
 test:
 	WITH_TEST=1 scripts/setup.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-install.log

@@ -28,9 +28,12 @@ struct StepNumbers {
 // contiguous tensors of the expected dtypes) and is enabled.
 bool fused_step_applies(const at::Tensor& param, const at::Tensor& grad,
                         const AdafactorParamState& state, const Dims& dims);
+// With `shard`, `param` is one shard of a parameter split along dim 0 and the
+// sums the step needs are completed across the shards with its reducer.
 void fused_step(const at::Tensor& param, const at::Tensor& grad,
                 AdafactorParamState& state, const AdafactorOptions& options,
-                const Dims& dims, const StepNumbers& numbers);
+                const Dims& dims, const StepNumbers& numbers,
+                const AdafactorShard* shard = nullptr);
 
 // For tests and benchmarks: force the ATen-op path (false) or allow the
 // fused kernel (true, the default). Process-wide.

@@ -9,6 +9,8 @@
 #include <c10/core/ScalarType.h>
 
 #include <algorithm>
+#include <functional>
+#include <limits>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -29,6 +31,7 @@ using kernel::Pass;
 std::atomic<bool> g_fused_enabled{true};
 
 using RunFn = void (*)(const Job&, Pass, std::int64_t, std::int64_t);
+using ReduceFn = std::function<void(double*, std::size_t)>;
 
 bool cpu_has_avx2() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -104,10 +107,12 @@ T lerp(T self, T end, T weight) {
 
 // Between passes 1 and 2 of a factored parameter: the running row and column
 // statistics, their normaliser, and the factors R and C the loops multiply by.
+// `rows_total` is the length of the row dimension over all shards; `reduce`,
+// if set, sums the normaliser's partial sums over the shards.
 template <class T, class S>
 void prepare_factors(Job& job, AdafactorParamState& state,
-                     const std::vector<double>& col_sums, std::vector<T>& R,
-                     std::vector<T>& C) {
+                     const std::vector<double>& col_sums, std::int64_t rows_total,
+                     const ReduceFn* reduce, std::vector<T>& R, std::vector<T>& C) {
   const std::int64_t rows = job.O * job.n * job.K * job.L;
   const std::int64_t cols = job.O * job.K * job.m * job.L;
   S* row = static_cast<S*>(state.row_var().data_ptr());
@@ -120,32 +125,48 @@ void prepare_factors(Job& job, AdafactorParamState& state,
     put<T>(stat, idx, job.torch_variant ? lerp(old, mean, w) : old * b2 + mean * ob2);
   };
   for (std::int64_t r = 0; r < rows; ++r) advance(row, r, job.row_sums[r], job.m);
-  for (std::int64_t c = 0; c < cols; ++c) advance(col, c, col_sums[c], job.n);
+  for (std::int64_t c = 0; c < cols; ++c) advance(col, c, col_sums[c], rows_total);
 
   // Per (o, k, l): the mean over rows of the row statistic.
+  auto row_at = [&](std::int64_t o, std::int64_t i, std::int64_t k, std::int64_t l) {
+    return ((o * job.n + i) * job.K + k) * job.L + l;
+  };
+  auto col_at = [&](std::int64_t o, std::int64_t j, std::int64_t k, std::int64_t l) {
+    return ((o * job.K + k) * job.m + j) * job.L + l;
+  };
+  std::vector<double> sums(job.O * job.K * job.L, 0.0);
+  for (std::int64_t o = 0; o < job.O; ++o) {
+    for (std::int64_t k = 0; k < job.K; ++k) {
+      for (std::int64_t l = 0; l < job.L; ++l) {
+        double& sum = sums[(o * job.K + k) * job.L + l];
+        for (std::int64_t i = 0; i < job.n; ++i) {
+          sum += static_cast<double>(get<T>(row, row_at(o, i, k, l)));
+        }
+      }
+    }
+  }
+  if (reduce) (*reduce)(sums.data(), sums.size());
+
   R.resize(rows);
   C.resize(cols);
   const T eps1 = static_cast<T>(job.eps1);
+  const T inf = std::numeric_limits<T>::infinity();
   bool clamp = false;
   for (std::int64_t o = 0; o < job.O; ++o) {
     for (std::int64_t k = 0; k < job.K; ++k) {
       for (std::int64_t l = 0; l < job.L; ++l) {
-        auto row_at = [&](std::int64_t i) { return ((o * job.n + i) * job.K + k) * job.L + l; };
-        auto col_at = [&](std::int64_t j) { return ((o * job.K + k) * job.m + j) * job.L + l; };
-        double sum = 0;
-        for (std::int64_t i = 0; i < job.n; ++i) sum += static_cast<double>(get<T>(row, row_at(i)));
-        T mean = static_cast<T>(sum) / static_cast<T>(job.n);
+        T mean = static_cast<T>(sums[(o * job.K + k) * job.L + l]) / static_cast<T>(rows_total);
         if (job.torch_variant && mean < eps1) mean = eps1;
-        T min_ratio = 0, min_col = 0;
+        T min_ratio = inf, min_col = inf;
         for (std::int64_t i = 0; i < job.n; ++i) {
-          const T ratio = get<T>(row, row_at(i)) / mean;
-          R[row_at(i)] = ratio;
-          min_ratio = i == 0 ? ratio : std::min(min_ratio, ratio);
+          const T ratio = get<T>(row, row_at(o, i, k, l)) / mean;
+          R[row_at(o, i, k, l)] = ratio;
+          min_ratio = std::min(min_ratio, ratio);
         }
         for (std::int64_t j = 0; j < job.m; ++j) {
-          const T c = get<T>(col, col_at(j));
-          C[col_at(j)] = c;
-          min_col = j == 0 ? c : std::min(min_col, c);
+          const T c = get<T>(col, col_at(o, j, k, l));
+          C[col_at(o, j, k, l)] = c;
+          min_col = std::min(min_col, c);
         }
         // torch floors V at eps1^2; where that floor can bite, the loops
         // compute V element by element instead of as R * C.
@@ -193,7 +214,8 @@ bool fused_step_applies(const at::Tensor& param, const at::Tensor& grad,
 
 void fused_step(const at::Tensor& param, const at::Tensor& grad,
                 AdafactorParamState& state, const AdafactorOptions& options,
-                const Dims& dims, const StepNumbers& numbers) {
+                const Dims& dims, const StepNumbers& numbers, const AdafactorShard* shard) {
+  const ReduceFn* reduce = shard ? &shard->all_reduce_sum : nullptr;
   Job job;
   job.param_dtype = *dtype_of(param.scalar_type());
   const auto state_scalar = dims ? state.row_var().scalar_type() : state.variance().scalar_type();
@@ -220,6 +242,7 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   std::vector<double> col_scratch_d;
   std::vector<double> Rd, Cd;
   const Pass last = dims ? Pass::F3 : Pass::U2;
+  double param_sq_total = 0;
   if (dims) {
     const auto sizes = param.sizes();
     const auto [a, b] = *dims;
@@ -236,9 +259,11 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     const std::int64_t units = job.O * job.n * job.K;
     const std::int64_t cols = job.O * job.K * job.m * job.L;
     // At most 16 blocks of at least ~32K elements each: enough parallelism
-    // for a few cores, and column partials of at most 16 x cols doubles.
-    const std::int64_t want = std::clamp<std::int64_t>(job.numel / 32768, 1, 16);
-    job.block_size = (units + std::min(want, units) - 1) / std::min(want, units);
+    // for a few cores, and column partials of at most 16 x cols doubles. A
+    // shard may be empty: no blocks, but it still takes part in the sums.
+    const std::int64_t want =
+        std::min(std::clamp<std::int64_t>(job.numel / 32768, 1, 16), std::max<std::int64_t>(units, 1));
+    job.block_size = std::max<std::int64_t>((units + want - 1) / want, 1);
     job.blocks = (units + job.block_size - 1) / job.block_size;
     row_sums.resize(units * job.L);
     col_partials.resize(job.blocks * cols);
@@ -257,17 +282,32 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     job.update_sq = update_sq.data();
 
     run_pass(job, Pass::F1);
-    col_sums.assign(cols, 0.0);
+    // Column sums, then the sum of param^2 in the last slot.
+    col_sums.assign(cols + 1, 0.0);
     for (std::int64_t blk = 0; blk < job.blocks; ++blk) {
       const double* part = col_partials.data() + blk * cols;
       for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
     }
+    col_sums[cols] = ordered_sum(param_sq);
+    // Sharded along the row dimension, columns span the shards; sharded along
+    // an earlier dimension, only the parameter-wide sums do.
+    const bool rows_split = shard && dims->first == 0;
+    const std::int64_t rows_total = rows_split ? shard->global_sizes[0] : job.n;
+    if (reduce) {
+      if (rows_split) {
+        (*reduce)(col_sums.data(), col_sums.size());
+      } else {
+        (*reduce)(&col_sums[cols], 1);
+      }
+    }
+    param_sq_total = col_sums[cols];
+    const ReduceFn* row_reduce = rows_split ? reduce : nullptr;
     if (job.param_dtype == Dtype::F64) {
-      prepare_factors<double, double>(job, state, col_sums, Rd, Cd);
+      prepare_factors<double, double>(job, state, col_sums, rows_total, row_reduce, Rd, Cd);
     } else if (job.state_dtype == Dtype::F32) {
-      prepare_factors<float, float>(job, state, col_sums, Rf, Cf);
+      prepare_factors<float, float>(job, state, col_sums, rows_total, row_reduce, Rf, Cf);
     } else {
-      prepare_factors<float, c10::BFloat16>(job, state, col_sums, Rf, Cf);
+      prepare_factors<float, c10::BFloat16>(job, state, col_sums, rows_total, row_reduce, Rf, Cf);
     }
     state.row_var().unsafeGetTensorImpl()->bump_version();
     state.col_var().unsafeGetTensorImpl()->bump_version();
@@ -282,14 +322,34 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     job.update_sq = update_sq.data();
     run_pass(job, Pass::U1);
     state.variance().unsafeGetTensorImpl()->bump_version();
+    param_sq_total = ordered_sum(param_sq);
+  }
+  double update_sq_total = ordered_sum(update_sq);
+  if (reduce) {
+    double sums[1] = {update_sq_total};
+    if (dims) {
+      (*reduce)(sums, 1);
+    } else {
+      double both[2] = {param_sq_total, update_sq_total};
+      (*reduce)(both, 2);
+      param_sq_total = both[0];
+      sums[0] = both[1];
+    }
+    update_sq_total = sums[0];
   }
 
-  // The same formulas as torch.optim.Adafactor, in double.
-  const double root_n = std::sqrt(static_cast<double>(job.numel));
-  const double param_rms = std::sqrt(ordered_sum(param_sq)) / root_n;
+  // The same formulas as torch.optim.Adafactor, in double, over the whole
+  // parameter (all shards).
+  double numel_total = static_cast<double>(job.numel);
+  if (shard) {
+    numel_total = 1;
+    for (auto d : shard->global_sizes) numel_total *= static_cast<double>(d);
+  }
+  const double root_n = std::sqrt(numel_total);
+  const double param_rms = std::sqrt(param_sq_total) / root_n;
   const double scale = options.scale_parameter() ? std::max(options.eps2(), param_rms) : 1.0;
   job.alpha = numbers.rho * scale;
-  job.denom = std::max(1.0, std::sqrt(ordered_sum(update_sq)) / (root_n * options.d()));
+  job.denom = std::max(1.0, std::sqrt(update_sq_total) / (root_n * options.d()));
   job.decay_coef = -options.weight_decay() * job.alpha;
 
   run_pass(job, last);

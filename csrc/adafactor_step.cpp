@@ -117,16 +117,28 @@ std::optional<std::pair<std::int64_t, std::int64_t>> adafactor_factored_dims(
   return std::make_pair(a, b);
 }
 
+namespace {
+// The factoring rule looks at the whole parameter, not at one shard of it.
+detail::Dims dims_of(const at::Tensor& param, const AdafactorOptions& options,
+                     const AdafactorShard* shard) {
+  if (!shard) return adafactor_factored_dims(param.sizes(), options);
+  TORCH_CHECK(static_cast<std::int64_t>(shard->global_sizes.size()) == param.dim(),
+              "a shard of a ", shard->global_sizes.size(), "-d parameter has ",
+              param.dim(), " dims");
+  return adafactor_factored_dims(shard->global_sizes, options);
+}
+}  // namespace
+
 void adafactor_init_state(const torch::Tensor& param,
                           const AdafactorOptions& options,
-                          AdafactorParamState& state) {
+                          AdafactorParamState& state, const AdafactorShard* shard) {
   state.step(at::zeros({}, at::TensorOptions().dtype(at::kFloat)));
   const auto opts = param.options().dtype(state_dtype(param.scalar_type(), options));
   state.row_var({});
   state.col_var({});
   state.variance({});
   state.exp_avg({});
-  if (auto dims = adafactor_factored_dims(param.sizes(), options)) {
+  if (auto dims = dims_of(param, options, shard)) {
     auto row_shape = param.sizes().vec();
     auto col_shape = param.sizes().vec();
     row_shape[dims->second] = 1;
@@ -140,7 +152,7 @@ void adafactor_init_state(const torch::Tensor& param,
 }
 
 void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState& state,
-                           const AdafactorOptions& options) {
+                           const AdafactorOptions& options, const AdafactorShard* shard) {
   TORCH_CHECK(state.step().defined() && state.step().numel() == 1,
               "Adafactor state has no step count");
   auto expect = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
@@ -150,7 +162,7 @@ void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState
                 " where a parameter of shape ", param.sizes(), " needs ", shape);
     TORCH_CHECK(t.is_floating_point(), "Adafactor state ", name, " is not floating point");
   };
-  if (auto dims = adafactor_factored_dims(param.sizes(), options)) {
+  if (auto dims = dims_of(param, options, shard)) {
     auto row_shape = param.sizes().vec();
     auto col_shape = param.sizes().vec();
     row_shape[dims->second] = 1;
@@ -164,7 +176,8 @@ void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState
 }
 
 void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
-                    AdafactorParamState& state, const AdafactorOptions& options) {
+                    AdafactorParamState& state, const AdafactorOptions& options,
+                    const AdafactorShard* shard) {
   TORCH_CHECK(!grad.is_sparse(), "Adafactor does not support sparse gradients");
   TORCH_CHECK(!param.is_complex(), "Adafactor does not support complex parameters");
   TORCH_CHECK_VALUE(param.is_floating_point(),
@@ -173,8 +186,8 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
   TORCH_CHECK(grad.sizes() == param.sizes(), "gradient shape ", grad.sizes(),
               " does not match parameter shape ", param.sizes());
 
-  const auto dims = adafactor_factored_dims(param.sizes(), options);
-  adafactor_check_state(param, state, options);
+  const auto dims = dims_of(param, options, shard);
+  adafactor_check_state(param, state, options, shard);
   if (options.beta1() && !state.exp_avg().defined()) {
     // beta1 was turned on after the state was created.
     state.exp_avg(at::zeros(param.sizes(),
@@ -182,7 +195,8 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
   }
 
   const double t = advance_step(state.step());
-  if (param.numel() == 0) return;
+  // An empty shard still takes part in the sums across shards.
+  if (param.numel() == 0 && !shard) return;
 
   const bool torch_variant = options.variant() == AdafactorVariant::Torch;
   detail::StepNumbers numbers;
@@ -195,7 +209,13 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
     const double cap = options.warmup_init() ? 1e-6 * t : options.lr();
     numbers.rho = std::min(cap, 1.0 / std::sqrt(t));
   }
-  if (detail::fused_step_applies(param, grad, state, dims)) {
+  if (shard) {
+    TORCH_CHECK(shard->all_reduce_sum, "a sharded Adafactor step needs a reducer");
+    TORCH_CHECK(detail::fused_step_applies(param, grad, state, dims),
+                "a sharded Adafactor step runs on the fused CPU kernel only: float32, "
+                "float64 or bfloat16 CPU tensors, contiguous");
+    detail::fused_step(param, grad, state, options, dims, numbers, shard);
+  } else if (detail::fused_step_applies(param, grad, state, dims)) {
     detail::fused_step(param, grad, state, options, dims, numbers);
   } else {
     step_with_aten_ops(param, grad, state, options, dims, numbers);

@@ -151,3 +151,73 @@ def fsdp1_refused(rank: int, world: int, port: int, out_dir: str) -> None:
     if rank == 0:
         (Path(out_dir) / "message.txt").write_text("\n".join(messages))
     dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- FSDP2
+def make_fsdp_model(seed: int = 0) -> torch.nn.Module:
+    # Row counts 6, 3 and 1 split over 2 ranks: 3+3, 2+1 and 1+0 (an empty shard).
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3),
+                               torch.nn.ReLU(), torch.nn.Linear(3, 1)).double()
+
+
+def fsdp2_batches(steps: int, n: int = 8):
+    gen = torch.Generator().manual_seed(5)
+    return [(torch.randn(n, 8, generator=gen, dtype=torch.float64),
+             torch.randn(n, 1, generator=gen, dtype=torch.float64)) for _ in range(steps)]
+
+
+def shard_model(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def train_steps(model, opt, data, rank=None, world=1):
+    for x, y in data:
+        if rank is not None:
+            half = x.shape[0] // world
+            x, y = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+FSDP2_OPTIONS = {"lr": 0.05, "beta1": 0.9, "weight_decay": 0.01}
+
+
+def fsdp2(rank: int, world: int, port: int, out_dir: str) -> None:
+    init(rank, world, port)
+    data = fsdp2_batches(STEPS)
+    model = shard_model(make_fsdp_model())
+    opt = tcltorch.Adafactor(model.parameters(), **FSDP2_OPTIONS)
+    train_steps(model, opt, data, rank, world)
+    full = [p.full_tensor() for p in model.parameters()]
+    shapes = {k: [tuple(v.shape) for v in s.values() if v.dim() > 0]
+              for k, s in enumerate(opt.state.values())}
+
+    # Stock torch.optim.Adafactor on the same sharded model.
+    stock_model = shard_model(make_fsdp_model())
+    stock = torch.optim.Adafactor(stock_model.parameters(), lr=0.05)
+    try:
+        train_steps(stock_model, stock, data, rank, world)
+        stock_result = [p.full_tensor() for p in stock_model.parameters()]
+    except Exception as e:  # noqa: BLE001 - recorded for the test to show
+        stock_result = f"{type(e).__name__}: {e}"
+
+    if rank == 0:
+        single = make_fsdp_model()
+        ref = tcltorch.Adafactor(single.parameters(), **FSDP2_OPTIONS)
+        train_steps(single, ref, data)
+        stock_single = make_fsdp_model()
+        stock_ref = torch.optim.Adafactor(stock_single.parameters(), lr=0.05)
+        train_steps(stock_single, stock_ref, data)
+        torch.save({"fsdp2": full, "single": [p.detach() for p in single.parameters()],
+                    "state_shapes": shapes, "stock": stock_result,
+                    "stock_single": [p.detach() for p in stock_single.parameters()]},
+                   Path(out_dir) / "result.pt")
+    dist.destroy_process_group()

@@ -54,8 +54,11 @@ def make_params(kind: str) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     if kind == "float32":
         # factored 2-D, unfactored 1-D, and a 3-D tensor whose two largest
-        # dimensions (0 and 2) are not its last two.
+        # dimensions (0 and 2) are not its last two; the 3-D one is small
+        # (RMS ~1e-4) so that the default epsScale of 1e-3 shows.
         shapes, dtype = [(6, 5), (7,), (8, 2, 6)], torch.float32
+        scale = [1.0, 1.0, 1e-4]
+        return [torch.randn(s, generator=gen) * k for s, k in zip(shapes, scale)]
     elif kind == "bfloat16":
         shapes, dtype = [(6, 5), (7,)], torch.bfloat16
     else:
@@ -64,8 +67,12 @@ def make_params(kind: str) -> list[torch.Tensor]:
 
 
 def make_grads(params, steps=STEPS, seed=1) -> list[list[torch.Tensor]]:
+    """Random gradients; those of the 1-D parameter are tiny (~1e-15) so that
+    G^2 is comparable to the default eps2 (core eps1) of 1e-30 and that
+    default shows in the numbers."""
     gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
+    return [[(torch.randn(p.shape, generator=gen) * (1e-15 if p.dim() == 1 else 1.0))
+             .to(p.dtype) for p in params]
             for _ in range(steps)]
 
 

@@ -125,6 +125,19 @@ AdafactorParamState state_from_dict(const py::dict& d) {
   return s;
 }
 
+// A reducer that calls a Python function with a float64 tensor viewing the
+// values (to be summed across processes in place), under the GIL.
+tcltorch::AdafactorShard shard_of(std::vector<std::int64_t> global_shape,
+                                  const py::function& reducer) {
+  tcltorch::AdafactorShard shard;
+  shard.global_sizes = std::move(global_shape);
+  shard.all_reduce_sum = [reducer](double* values, std::size_t count) {
+    py::gil_scoped_acquire gil;
+    reducer(torch::from_blob(values, {static_cast<std::int64_t>(count)}, at::kDouble));
+  };
+  return shard;
+}
+
 Tcl_Interp* interp_at(std::uintptr_t address) {
   if (address == 0) throw std::invalid_argument("null Tcl interpreter address");
   return reinterpret_cast<Tcl_Interp*>(address);
@@ -228,6 +241,56 @@ PYBIND11_MODULE(_C, m) {
         py::arg("params"), py::arg("grads"), py::arg("states"),
         "One step of each parameter with the fused core; states are updated in place. "
         "Releases the GIL.");
+
+  m.def("adafactor_factored_dims",
+        [](std::vector<std::int64_t> shape, const py::kwargs& kwargs) -> py::object {
+          auto dims = tcltorch::adafactor_factored_dims(shape, options_from(kwargs));
+          if (!dims) return py::none();
+          return py::make_tuple(dims->first, dims->second);
+        },
+        py::arg("shape"), "The (row, column) dims factored for this shape, or None.");
+  m.def("adafactor_init_state_sharded",
+        [](const at::Tensor& local, std::vector<std::int64_t> global_shape,
+           const py::kwargs& kwargs) {
+          AdafactorParamState state;
+          auto shard = shard_of(std::move(global_shape), py::function());
+          tcltorch::adafactor_init_state(local, options_from(kwargs), state, &shard);
+          return state_dict_of(state);
+        },
+        py::arg("local"), py::arg("global_shape"),
+        "A new state dict for one shard (split along dim 0) of a parameter.");
+  m.def("adafactor_step_sharded",
+        [](const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+           const py::list& states, const std::vector<std::vector<std::int64_t>>& global_shapes,
+           const py::function& reducer, const py::kwargs& kwargs) {
+          const auto options = options_from(kwargs);
+          if (params.size() != grads.size() || params.size() != states.size() ||
+              params.size() != global_shapes.size()) {
+            throw py::value_error("params, grads, states and global_shapes must have the same length");
+          }
+          std::vector<AdafactorParamState> core_states;
+          std::vector<tcltorch::AdafactorShard> shards;
+          for (std::size_t i = 0; i < params.size(); ++i) {
+            core_states.push_back(state_from_dict(states[i].cast<py::dict>()));
+            shards.push_back(shard_of(global_shapes[i], reducer));
+          }
+          {
+            py::gil_scoped_release release;
+            for (std::size_t i = 0; i < params.size(); ++i) {
+              tcltorch::adafactor_step(params[i], grads[i], core_states[i], options, &shards[i]);
+            }
+          }
+          for (std::size_t i = 0; i < params.size(); ++i) {
+            auto d = states[i].cast<py::dict>();
+            if (core_states[i].exp_avg().defined() && !d.contains("exp_avg")) {
+              d["exp_avg"] = core_states[i].exp_avg();
+            }
+          }
+        },
+        py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("global_shapes"),
+        py::arg("reducer"),
+        "One step of each local shard; reducer(t) must sum the float64 tensor t across "
+        "the processes in place (e.g. torch.distributed.all_reduce).");
 
   m.def("_set_fused_enabled", &tcltorch::detail::set_fused_enabled, py::arg("enabled"),
         "Tests and benchmarks: allow the fused CPU kernel (True) or force the ATen-op path.");

@@ -67,9 +67,86 @@ def _check_parameter(p: Tensor) -> None:
             "to 1-D, which leaves nothing to factor and makes the RMS statistics per "
             "shard. Shard the model with FSDP2 (torch.distributed.fsdp.fully_shard) "
             "instead.")
-    if type(p).__name__ == "DTensor":
-        raise NotImplementedError(
-            "tcltorch.Adafactor does not support DTensor (FSDP2) parameters yet")
+    if _is_dtensor(p):
+        from torch.distributed.tensor import Shard
+
+        if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
+            raise NotImplementedError(
+                "tcltorch.Adafactor supports DTensor parameters sharded along dim 0 "
+                f"on a 1-D mesh (FSDP2's layout); got placements {tuple(p.placements)} "
+                f"on a {p.device_mesh.ndim}-D mesh")
+
+
+def _is_dtensor(t) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+def _contiguous_stride(shape) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for d in reversed(shape):
+        stride.append(acc)
+        acc *= d
+    return tuple(reversed(stride))
+
+
+class _Sharded:
+    """What a step needs for the DTensor parameters of one group (FSDP2): local
+    shards, their state, and a reducer over the mesh's process group."""
+
+    @staticmethod
+    def wrap_state(p, local_state: dict, options: dict) -> dict:
+        # State as DTensors, so that state_dict() and distributed checkpoints
+        # see whole tensors of torch.optim.Adafactor's shapes.
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
+        shape = tuple(p.shape)
+        dims = _C.adafactor_factored_dims(list(shape), **options)
+        out = {}
+        for key, t in local_state.items():
+            if key == "step":
+                out[key] = t
+                continue
+            global_shape = list(shape)
+            placement = Shard(0)
+            if key == "row_var":
+                global_shape[dims[1]] = 1
+            elif key == "col_var":
+                global_shape[dims[0]] = 1
+                if dims[0] == 0:  # rows are split: the column statistic is whole everywhere
+                    placement = Replicate()
+            out[key] = DTensor.from_local(t, p.device_mesh, [placement], run_check=False,
+                                          shape=torch.Size(global_shape),
+                                          stride=_contiguous_stride(global_shape))
+        return out
+
+    @staticmethod
+    def step(optimizer, params, options: dict) -> None:
+        import torch.distributed as dist
+
+        group = params[0].device_mesh.get_group()
+
+        def reducer(values: Tensor) -> None:
+            dist.all_reduce(values, group=group)
+
+        locals_, grads, states, shapes = [], [], [], []
+        for p in params:
+            state = optimizer.state[p]
+            local = p.to_local()
+            if len(state) == 0:
+                state.update(_Sharded.wrap_state(
+                    p, _C.adafactor_init_state_sharded(local, list(p.shape), **options), options))
+            grad = p.grad
+            if tuple(grad.placements) != tuple(p.placements):
+                grad = grad.redistribute(placements=p.placements)
+            locals_.append(local)
+            grads.append(grad.to_local())
+            states.append({k: (v.to_local() if _is_dtensor(v) else v) for k, v in state.items()})
+            shapes.append(list(p.shape))
+        _C.adafactor_step_sharded(locals_, grads, states, shapes, reducer, **options)
+        for p, local_state in zip(params, states):
+            state = optimizer.state[p]
+            if "exp_avg" in local_state and "exp_avg" not in state:
+                state.update(_Sharded.wrap_state(p, {"exp_avg": local_state["exp_avg"]}, options))
 
 
 class Adafactor(Optimizer):
@@ -157,9 +234,12 @@ class Adafactor(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             options = _core_options(group)
-            params, grads, states = [], [], []
+            params, grads, states, sharded = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
+                    continue
+                if _is_dtensor(p):
+                    sharded.append(p)
                     continue
                 state = self.state[p]
                 if len(state) == 0:
@@ -171,6 +251,8 @@ class Adafactor(Optimizer):
                 states.append(state)
             if params:
                 _C.adafactor_step(params, grads, states, **options)
+            if sharded:
+                _Sharded.step(self, sharded, options)
         return loss
 
 

@@ -8,6 +8,7 @@
 #include <torch/optim/serialize.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -102,6 +103,17 @@ struct TCLTORCH_API AdafactorParamState
                                       const AdafactorParamState& rhs);
 };
 
+// One shard of a parameter that is split along dim 0 across processes (as
+// FSDP2 does): the step computes on the local shard and completes the sums
+// that span shards (column statistics when rows are split, the parameter's
+// and the update's RMS) with `all_reduce_sum`, which every process holding a
+// shard must call in the same order, empty shards included.
+struct AdafactorShard {
+  std::vector<std::int64_t> global_sizes;  // shape of the whole parameter
+  // Sums `count` doubles element-wise over the processes, in place.
+  std::function<void(double* values, std::size_t count)> all_reduce_sum;
+};
+
 // Which two dims of a parameter of this shape are factored (row dim first),
 // or nullopt when its second moment is kept whole.
 TCLTORCH_API std::optional<std::pair<std::int64_t, std::int64_t>>
@@ -110,20 +122,23 @@ adafactor_factored_dims(at::IntArrayRef sizes, const AdafactorOptions& options);
 // Fills `state` for `param` (zeros of the shapes above; `step` = 0).
 TCLTORCH_API void adafactor_init_state(const torch::Tensor& param,
                                        const AdafactorOptions& options,
-                                       AdafactorParamState& state);
+                                       AdafactorParamState& state,
+                                       const AdafactorShard* shard = nullptr);
 
 // Throws c10::Error unless `state` has the tensors, shapes and dtypes that
 // `options` call for with this parameter (e.g. after loading a file).
 TCLTORCH_API void adafactor_check_state(const torch::Tensor& param,
                                         const AdafactorParamState& state,
-                                        const AdafactorOptions& options);
+                                        const AdafactorOptions& options,
+                                        const AdafactorShard* shard = nullptr);
 
 // One Adafactor step of one parameter, in place on `param` and `state`.
 // The whole algorithm lives here; every front door calls it.
 TCLTORCH_API void adafactor_step(const torch::Tensor& param,
                                  const torch::Tensor& grad,
                                  AdafactorParamState& state,
-                                 const AdafactorOptions& options);
+                                 const AdafactorOptions& options,
+                                 const AdafactorShard* shard = nullptr);
 
 class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
  public:
