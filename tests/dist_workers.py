@@ -221,3 +221,75 @@ def fsdp2(rank: int, world: int, port: int, out_dir: str) -> None:
                     "stock_single": [p.detach() for p in stock_single.parameters()]},
                    Path(out_dir) / "result.pt")
     dist.destroy_process_group()
+
+
+def dcp_checkpoints(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        set_model_state_dict, set_optimizer_state_dict)
+
+    init(rank, world, port)
+    out = Path(out_dir)
+    data = fsdp2_batches(2 * STEPS)
+    first, rest = data[:STEPS], data[STEPS:]
+
+    def fresh(seed):
+        model = shard_model(make_fsdp_model(seed))
+        return model, tcltorch.Adafactor(model.parameters(), **FSDP2_OPTIONS)
+
+    model, opt = fresh(0)
+    train_steps(model, opt, first, rank, world)
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+             checkpoint_id=str(out / "sharded"))
+    full_options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = {"model": get_model_state_dict(model, options=full_options),
+            "optim": get_optimizer_state_dict(model, opt, options=full_options)}
+    if rank == 0:
+        torch.save(full, out / "full.pt")
+    dist.barrier()
+    train_steps(model, opt, rest, rank, world)
+    straight = [p.full_tensor() for p in model.parameters()]
+
+    # Sharded checkpoint into a new model and optimizer (their state is made
+    # by DCP's own lr=0 step).
+    model2, opt2 = fresh(7)
+    sd = {"model": get_model_state_dict(model2), "optim": get_optimizer_state_dict(model2, opt2)}
+    dcp.load(sd, checkpoint_id=str(out / "sharded"))
+    set_model_state_dict(model2, sd["model"])
+    set_optimizer_state_dict(model2, opt2, sd["optim"])
+    train_steps(model2, opt2, rest, rank, world)
+    from_sharded = [p.full_tensor() for p in model2.parameters()]
+
+    # Full checkpoint, present on rank 0 only, broadcast to the shards.
+    model3, opt3 = fresh(8)
+    loaded = torch.load(out / "full.pt", weights_only=False) if rank == 0 else {"model": {}, "optim": {}}
+    broadcast = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model3, loaded["model"], options=broadcast)
+    set_optimizer_state_dict(model3, opt3, loaded["optim"], options=broadcast)
+    train_steps(model3, opt3, rest, rank, world)
+    from_full = [p.full_tensor() for p in model3.parameters()]
+
+    if rank == 0:
+        whole = StateDictOptions(full_state_dict=True)
+        results = {"straight": straight, "from_sharded": from_sharded, "from_full": from_full}
+        # Broadcasting turned the loaded tensors into DTensors: read the file again.
+        loaded = torch.load(out / "full.pt", weights_only=False)
+        # The full checkpoint in single-process optimizers: ours and torch's.
+        for name, cls, kwargs in [("single", tcltorch.Adafactor, FSDP2_OPTIONS),
+                                  ("stock_single", torch.optim.Adafactor, {"lr": 0.05})]:
+            single = make_fsdp_model(9)
+            single_opt = cls(single.parameters(), **kwargs)
+            copy = torch.load(out / "full.pt", weights_only=False)
+            if cls is torch.optim.Adafactor:
+                # DCP matches group keys exactly: keep the ones torch knows.
+                known = set(single_opt.param_groups[0])
+                copy["optim"]["param_groups"] = [
+                    {k: v for k, v in g.items() if k in known} for g in copy["optim"]["param_groups"]]
+            set_model_state_dict(single, copy["model"], options=whole)
+            set_optimizer_state_dict(single, single_opt, copy["optim"], options=whole)
+            train_steps(single, single_opt, rest)
+            results[name] = [p.detach() for p in single.parameters()]
+        results["state_keys"] = sorted(next(iter(loaded["optim"]["state"].values())).keys())
+        torch.save(results, out / "result.pt")
+    dist.destroy_process_group()

@@ -35,17 +35,12 @@ SPELLINGS = [s for pair in OPTIONS for s in pair if s]
 
 
 def unique_prefix(name: str) -> str:
-    """The shortest prefix of `name` that no other spelling starts with."""
+    """The shortest prefix of `name` that no spelling of another option starts with."""
+    others = [s for pair in OPTIONS if name not in pair for s in pair if s]
     for n in range(1, len(name) + 1):
-        p = name[:n]
-        if all(not s.startswith(p) for s in SPELLINGS if s not in (name,)
-               and not _same_option(s, name)):
-            return p
+        if not any(s.startswith(name[:n]) for s in others):
+            return name[:n]
     return name
-
-
-def _same_option(a: str, b: str) -> bool:
-    return any(a in pair and b in pair for pair in OPTIONS)
 
 
 # ------------------------------------------------------------------ problems
@@ -56,8 +51,7 @@ def make_params(kind: str) -> list[torch.Tensor]:
         # factored 2-D, unfactored 1-D, and a 3-D tensor whose two largest
         # dimensions (0 and 2) are not its last two; the 3-D one is small
         # (RMS ~1e-4) so that the default epsScale of 1e-3 shows.
-        shapes, dtype = [(6, 5), (7,), (8, 2, 6)], torch.float32
-        scale = [1.0, 1.0, 1e-4]
+        shapes, scale = [(6, 5), (7,), (8, 2, 6)], [1.0, 1.0, 1e-4]
         return [torch.randn(s, generator=gen) * k for s, k in zip(shapes, scale)]
     elif kind == "bfloat16":
         shapes, dtype = [(6, 5), (7,)], torch.bfloat16
@@ -243,7 +237,8 @@ def test_snake_case_and_prefix_spellings_give_the_same_bits(tcl, camel, snake):
     assert not all_equal(reference, default), "the value must change the numbers"
     spellings = {camel, unique_prefix(camel)}
     if snake:
-        spellings |= {snake, unique_prefix(snake)}
+        # and a prefix that only the snake_case spelling has: "clip_t", "min_d", ...
+        spellings |= {snake, unique_prefix(snake), snake[:snake.index("_") + 2]}
     for s in sorted(spellings):
         got = run_tcl(tcl, f"-{s} {value}", params0, grads)
         assert all_equal(got, reference), s
@@ -274,6 +269,32 @@ def test_ambiguous_prefixes_are_errors(tcl, prefix):
     assert info.value.message.startswith(f'ambiguous option "{prefix}"')
     assert info.value.code == ("TCL", "LOOKUP", "INDEX", "option", prefix)
     assert tcl.handles() == before
+
+
+def test_unknown_option_lists_every_option(tcl):
+    t = tcl.eval("torch::zeros {3 3}")
+    with pytest.raises(TclError) as info:
+        tcl.eval(f"torch::optimizer_adafactor -parameters {t} -x 1")
+    names = [f"-{camel}" for camel, _ in OPTIONS]
+    assert info.value.message == \
+        f'bad option "-x": must be {", ".join(names[:-1])}, or {names[-1]}'
+    assert info.value.code == ("TCL", "LOOKUP", "INDEX", "option", "-x")
+
+
+def test_option_without_value_and_missing_parameters(tcl):
+    t = tcl.eval("torch::zeros {3 3}")
+    for words, text in [(f"-parameters {t} -lr", 'value for "-lr" missing: should be "'),
+                        ("-lr 0.1", "missing required option -parameters: should be \""),
+                        ("", "missing required argument parameters")]:
+        with pytest.raises(TclError) as info:
+            tcl.eval(f"torch::optimizer_adafactor {words}")
+        assert info.value.message.startswith(text), info.value.message
+        assert info.value.code == ("TCL", "WRONGARGS")
+    with pytest.raises(TclError) as info:
+        tcl.eval("torch::optimizer_adafactor -parameters tensor999")
+    assert info.value.message == \
+        'bad value "tensor999" for -parameters: no such tensor or module handle'
+    assert info.value.code == ("TORCH", "HANDLE", "tensor999")
 
 
 def test_positional_form_equals_named_form(tcl):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, run_tclsh
+from tcltorch import _C
 from tcltorch.tcl import TclError
 
 
@@ -663,17 +664,19 @@ def test_libtorch_optimizers_match_torch_optim(tcl, script, make):
 
 def test_adafactor_from_a_module_and_tensors(tcl):
     m = tcl.eval("torch::linear 3 2")
-    params = [T(tcl, h) for h in tcl.split(tcl.eval(f"torch::parameters {m}"))]
-    opt = tcl.eval(f"torch::optimizerAdafactor -parameters [list {m} "
-                   f"{tcl.split(tcl.eval(f'torch::parameters {m}'))[0]}]")
+    handles = tcl.split(tcl.eval(f"torch::parameters {m}"))
+    params = [T(tcl, h) for h in handles]
+    # the module and one of its own parameters again: duplicates are used once
+    opt = tcl.eval(f"torch::optimizerAdafactor -parameters [list {m} {handles[0]}]")
     before = [p.detach().clone() for p in params]
     x = tcl.eval("torch::randn {4 3}")
     tcl.eval(f"torch::tensor_backward [torch::sum [torch::forward {m} {x}]]")
     tcl.eval(f"torch::optimizer_step {opt}")
     assert all(not torch.equal(a, b) for a, b in zip(before, params))
-    # duplicates are used once: both parameters did exactly one step
-    state = tcl.eval(f"torch::optimizer_state {opt}")
-    assert len(tcl.split(tcl.eval(f"dict keys [dict get {{{state}}} parameters]"))) == 2
+    state = state_of(tcl, opt)
+    assert tcl.split(tcl.eval(f"dict keys [dict get {{{state}}} parameters]")) == handles
+    for h in handles:
+        assert dget(tcl, state, "parameters", h, "step") == "1"
 
 
 def test_optimizer_step_skips_parameters_without_grad(tcl):
@@ -728,7 +731,7 @@ def test_optimizer_lr_get_and_set(tcl):
     assert torch.equal(p, torch.tensor([0.25, 1.25, 3.25]))
 
 
-def test_optimizer_lr_on_adafactor_equals_creating_with_that_lr(tcl):
+def test_optimizer_lr_set_on_adafactor_changes_the_next_step(tcl):
     base = twin_params(tcl)
     shapes = [p.shape for p in base]
     grads = grads_for(shapes, 3, 14)
@@ -752,6 +755,17 @@ def test_optimizer_lr_on_adafactor_equals_creating_with_that_lr(tcl):
     # parameters and state, the third step is 0.05/0.8 of the lr-0.8 twin's
     for m, a, b in zip(results[0][0], results[0][1], results[1][1]):
         torch.testing.assert_close(b - m, (a - m) * (0.05 / 0.8), rtol=1e-4, atol=1e-6)
+    # and the same bits as the Python core with its lr set between the steps
+    ps = [p.clone() for p in base]
+    core = _C.Adafactor(ps, variant="transformers", lr=0.8, eps1=1e-30, relative_step=False)
+    for k, gs in enumerate(grads):
+        if k == 2:
+            core.lr = 0.05
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        core.step()
+    for a, b in zip(ps, results[1][1]):
+        assert torch.equal(a, b)
 
 
 def state_of(tcl, opt):
@@ -1408,6 +1422,8 @@ for _cmd in ["torch::optimizer_adafactor", "torch::optimizerAdafactor"]:
         (f"{_cmd} -lr 0.1", WRONGARGS, "missing required option -parameters"),
         (f"{_cmd} -parameters $w -lr -1", VALUE + ("-lr", "-1"), "must be >= 0"),
         (f"{_cmd} -parameters $w -colour red", lookup("-colour"), "bad option"),
+        (f"{_cmd} -parameters $w -lr", WRONGARGS, 'value for "-lr" missing'),
+        (f"{_cmd} -parameters $w -eps 1", lookup("-eps"), "ambiguous option"),
         (f"{_cmd} -parameters $dt", HANDLE, "no such tensor or module handle"),
         (f"{_cmd} -parameters $o", HANDLE, "not a tensor or module"),
         (f"{_cmd} -parameters $i", VALUE + ("-parameters",), "not a floating-point tensor"),
