@@ -36,16 +36,16 @@ import torch  # noqa: E402
 from bench import cpp, report  # noqa: E402
 from bench.impls import Impl, python_impls  # noqa: E402
 from bench.sets import FULL, FULL_SWEEP, SMOKE, SMOKE_SWEEP, clone  # noqa: E402
-from bench.timing import Timing, measure  # noqa: E402
+from bench.timing import Plan, Timing  # noqa: E402
 
 MAIN_SETS = ["transformer", "conv", "small", "tiny"]
 # Rows of the size sweep (the Tcl door runs the C++ door's code: it is timed
 # on the other sets, where its call overhead shows).
 SWEEP_IMPLS = ["cpp", "py_C", "py", "torch_loop", "torch_foreach", "transformers", "timm",
                "adamw_fused", "floor"]
-# Peak memory is measured on this set.
-PEAK_SET = "transformer"
-# --smoke measures only these (and the C++ door), to stay quick.
+# Peak memory is measured on these sets (the target is on the first).
+PEAK_SETS = ["transformer", "conv"]
+# --smoke measures only these (and the C++ door) on the first set, to stay quick.
 SMOKE_PEAK_IMPLS = ["py_C", "tcl", "adamw_fused"]
 
 
@@ -105,10 +105,8 @@ class Bench:
         self.sets = SMOKE if self.smoke else FULL
         self.sweep = SMOKE_SWEEP if self.smoke else FULL_SWEEP
         self.threads = [int(t) for t in args.threads.split(",")]
-        self.reps = 3 if self.smoke else args.reps
-        self.min_reps = 2 if self.smoke else 5
-        self.target_s = 0.002 if self.smoke else 0.01  # seconds per sample
-        self.budget_s = 0.05 if self.smoke else 1.5     # per row, slow rows
+        self.plan = (Plan(reps=3, min_reps=2, target_s=0.002, budget_s=0.05) if self.smoke
+                     else Plan(reps=args.reps, min_reps=min(5, args.reps)))
         self.times: list[dict] = []
         self.py = python_impls()
         self.runner = None
@@ -136,11 +134,10 @@ class Bench:
         t0 = time.time()
         if impl.key in ("cpp", "floor"):
             kind = "time" if impl.key == "cpp" else "floor"
-            t = self.runner.time(kind, pset.key, threads, self.reps, self.target_s, pset.spec)
+            t = self.runner.time(kind, pset.key, threads, self.plan, pset.spec)
         else:
             params = clone(base)
-            t = time_python(impl, params, self.reps, self.min_reps, self.target_s,
-                            self.budget_s)
+            t = impl.time(params, self.plan)
             del params
             if pset.numel() > 4_000_000:
                 gc.collect()  # slow with transformers imported: big sets only
@@ -167,49 +164,37 @@ class Bench:
         torch.set_num_threads(self.threads[0])
 
     def run_peaks(self, program) -> list[dict]:
-        spec = self.sets[PEAK_SET].spec
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
         jobs = []
-        if program is not None:
-            jobs.append(("cpp", [str(program), "peak", spec]))
-        for impl in self.py:
-            if impl.available and (not self.smoke or impl.key in SMOKE_PEAK_IMPLS):
-                jobs.append((impl.key, [sys.executable, str(HERE / "peak_memory.py"),
-                                        impl.key, spec]))
+        for set_key in PEAK_SETS[:1] if self.smoke else PEAK_SETS:
+            spec = self.sets[set_key].spec
+            if program is not None:
+                jobs.append((set_key, "cpp", [str(program), "peak", spec]))
+            for impl in self.py:
+                if impl.available and (not self.smoke or impl.key in SMOKE_PEAK_IMPLS):
+                    jobs.append((set_key, impl.key, [sys.executable,
+                                                     str(HERE / "peak_memory.py"), impl.key,
+                                                     spec]))
 
         def run(job):
-            key, cmd = job
+            set_key, key, cmd = job
             r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 raise RuntimeError(f"peak memory of {key} failed:\n{r.stderr[-3000:]}")
             row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["impl"] = key
-            log(f"  peak {key:<14} added {report.fmt_bytes(row['added'])}")
+            row.update(impl=key, set=set_key)
+            log(f"  peak {set_key:<12} {key:<14} added {report.fmt_bytes(row['added'])}")
             return row
 
         # One process at a time, so that none disturbs another's figures; the
         # smoke run only checks the code path, two at a time.
         with ThreadPoolExecutor(max_workers=2 if self.smoke else 1) as pool:
             out = list(pool.map(run, jobs))
-        cpp_state = next((r["state_bytes"] for r in out if r["impl"] == "cpp"), None)
         for r in out:
-            if r["impl"] == "tcl" and r["state_bytes"] is None:
-                r["state_bytes"] = cpp_state  # same core, same state
+            if r["impl"] == "tcl" and r["state_bytes"] is None:  # same core, same state
+                r["state_bytes"] = next((c["state_bytes"] for c in out
+                                         if c["impl"] == "cpp" and c["set"] == r["set"]), None)
         return out
-
-
-def time_python(impl: Impl, params, reps, min_reps, target_s, budget_s) -> Timing:
-    """impl.time, with fewer samples for slow rows (at least min_reps)."""
-    if impl.timer is not None:
-        return impl.timer(params, reps, target_s)
-    opt = impl.make(params)
-    with torch.no_grad():
-        opt.step()
-        t0 = time.perf_counter()
-        opt.step()
-        one = time.perf_counter() - t0
-        n = max(min_reps, min(reps, int(budget_s / max(one, 1e-9))))
-        return measure(opt.step, n, target_s)
 
 
 def main(argv=None) -> int:
@@ -288,7 +273,7 @@ def main(argv=None) -> int:
         "sets": sets,
         "main_sets": MAIN_SETS,
         "sweep": [p.key for p in bench.sweep],
-        "peak_set": PEAK_SET,
+        "peak_sets": [k for k in PEAK_SETS if any(p["set"] == k for p in peaks)],
         "times": bench.times,
         "peak": peaks,
     }

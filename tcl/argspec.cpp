@@ -1,5 +1,6 @@
 #include "argspec.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -131,8 +132,8 @@ int convert(Tcl_Interp* interp, const ArgSpec& arg, Tcl_Obj* obj, double& number
       return TCL_OK;
     }
     case ArgType::Int: {
-      if (Tcl_GetWideIntFromObj(nullptr, obj, &integer) != TCL_OK) {
-        return bad_value(interp, arg, obj, "must be an integer");
+      if (get_wide_int(obj, integer) != TCL_OK) {
+        return bad_value(interp, arg, obj, "must be an integer in [-2^63, 2^63)");
       }
       if (arg.rule.accept && !arg.rule.accept(static_cast<double>(integer))) {
         return bad_value(interp, arg, obj, std::string("must be ") + arg.rule.text);
@@ -175,15 +176,22 @@ int convert(Tcl_Interp* interp, const ArgSpec& arg, Tcl_Obj* obj, double& number
   return TCL_OK;
 }
 
-// A word starting with "-" that is not a number opens the named form.
+// "-name" (a dash, then a letter) opens the named form; "-1" or "-1 2" (a
+// negative number, a list of numbers) is a positional value.
 bool looks_like_option(Tcl_Obj* word) {
   const char* text = Tcl_GetString(word);
-  if (text[0] != '-' || text[1] == '\0') return false;
-  double ignored;
-  return Tcl_GetDoubleFromObj(nullptr, word, &ignored) != TCL_OK;
+  return text[0] == '-' && std::isalpha(static_cast<unsigned char>(text[1]));
 }
 
 }  // namespace
+
+int get_wide_int(Tcl_Obj* obj, Tcl_WideInt& out) {
+  if (Tcl_GetWideIntFromObj(nullptr, obj, &out) != TCL_OK) return TCL_ERROR;
+  // Tcl 8.6 reads 2^63 .. 2^64-1 as negative numbers: refuse the wrap.
+  const char* text = Tcl_GetString(obj);
+  while (std::isspace(static_cast<unsigned char>(*text))) ++text;
+  return (out < 0) == (*text == '-') || out == 0 ? TCL_OK : TCL_ERROR;
+}
 
 std::string named_usage(const CommandSpec& spec) {
   std::string out = spec.name;

@@ -84,6 +84,10 @@ class Args {
 int parse_args(Tcl_Interp* interp, const CommandSpec& spec, int objc,
                Tcl_Obj* const objv[], Args& out);
 
+// Tcl_GetWideIntFromObj without Tcl 8.6's silent wrap of 2^63..2^64-1 to
+// negative numbers. No message: callers word their own.
+int get_wide_int(Tcl_Obj* obj, Tcl_WideInt& out);
+
 // "cmd -a value ?-b value?" and "cmd a ?b?": for messages and docs.
 std::string named_usage(const CommandSpec& spec);
 std::string positional_usage(const CommandSpec& spec);

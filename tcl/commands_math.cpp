@@ -205,7 +205,7 @@ int cmd_tensor_reshape(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj
   if (Tcl_ListObjGetElements(nullptr, args.obj("shape"), &n, &items) == TCL_OK) {
     for (Tcl_Size k = 0; k < n; ++k) {
       Tcl_WideInt d = 0;
-      if (Tcl_GetWideIntFromObj(nullptr, items[k], &d) != TCL_OK || d < -1) {
+      if (get_wide_int(items[k], d) != TCL_OK || d < -1) {
         shape.clear();
         n = -1;
         break;

@@ -6,6 +6,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/serialize/archive.h>
 
+#include <set>
 #include <sstream>
 
 #include "argspec.h"
@@ -165,8 +166,16 @@ int cmd_add_module(Registry& registry, Tcl_Interp* interp, int objc,
   }
   auto seq = as_sequential(interp, args.obj("sequential"), *parent);
   if (!seq) return TCL_ERROR;
-  if (child->module.ptr().get() == seq.get()) {
-    return fail(interp, "cannot add a sequential to itself", {"TORCH", "VALUE"});
+  // A module that contains the sequential (or is it) would make a cycle that
+  // every later walk over the modules recurses into forever.
+  for (const auto& m : child->module.ptr()->modules(/*include_self=*/true)) {
+    if (m.get() == seq.get()) {
+      return fail(interp,
+                  std::string("cannot add \"") + Tcl_GetString(args.obj("module")) +
+                      "\" to \"" + Tcl_GetString(args.obj("sequential")) +
+                      "\": it is or contains that sequential (modules cannot form a cycle)",
+                  {"TORCH", "VALUE"});
+    }
   }
   seq->push_back(child->module);
   return ok(interp, "");
@@ -271,11 +280,20 @@ int cmd_module_save(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* c
   if (parse_args(interp, kModuleSave, objc, objv, args) != TCL_OK) return TCL_ERROR;
   std::shared_ptr<ModuleEntry> module;
   if (!registry.get(interp, args.obj("module"), module)) return TCL_ERROR;
-  write_atomically(args.str("file"), [&](const std::string& tmp) {
-    torch::serialize::OutputArchive archive;
-    module->module.ptr()->save(archive);
-    archive.save_to(tmp);
-  });
+  const std::string file = args.str("file");
+  try {
+    write_atomically(file, [&](const std::string& tmp) {
+      torch::serialize::OutputArchive archive;
+      module->module.ptr()->save(archive);
+      archive.save_to(tmp);
+    });
+  } catch (const c10::Error& e) {
+    return fail(interp, "cannot save module to \"" + file + "\": " + e.what_without_backtrace(),
+                {"TORCH", "FILE", file});
+  } catch (const std::runtime_error& e) {
+    return fail(interp, "cannot save module to \"" + file + "\": " + e.what(),
+                {"TORCH", "FILE", file});
+  }
   return ok(interp, "");
 }
 
@@ -298,8 +316,22 @@ void read_module(torch::serialize::InputArchive& archive, torch::nn::Module& mod
     }
     pending.emplace_back(live, value);
   };
-  for (const auto& p : module.named_parameters(/*recurse=*/false)) take(p.key(), p.value(), false);
-  for (const auto& b : module.named_buffers(/*recurse=*/false)) take(b.key(), b.value(), true);
+  std::set<std::string> expected;
+  for (const auto& p : module.named_parameters(/*recurse=*/false)) {
+    take(p.key(), p.value(), false);
+    expected.insert(p.key());
+  }
+  for (const auto& b : module.named_buffers(/*recurse=*/false)) {
+    take(b.key(), b.value(), true);
+    expected.insert(b.key());
+  }
+  for (const auto& child : module.named_children()) expected.insert(child.key());
+  for (const auto& key : archive.keys()) {
+    if (!expected.count(key)) {
+      throw std::runtime_error("the file has \"" + prefix + key +
+                               "\", which the module does not (another architecture?)");
+    }
+  }
   for (const auto& child : module.named_children()) {
     torch::serialize::InputArchive sub;
     if (!archive.try_read(child.key(), sub)) {

@@ -7,6 +7,7 @@
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 
+#include <cmath>
 #include <unordered_set>
 
 #include "argspec.h"
@@ -306,6 +307,9 @@ int cmd_optimizer_lr(Registry& registry, Tcl_Interp* interp, int objc,
 
 // ------------------------------------------------------------ state, files
 
+// Written into files by torch::optimizer_save next to LibTorch's own keys.
+constexpr const char* kKindKey = "tcltorch_optimizer";
+
 // The state tensors of one parameter, by name, whatever the optimizer.
 std::vector<std::pair<std::string, at::Tensor>> state_tensors(
     const torch::optim::OptimizerParamState& state, double& step) {
@@ -419,8 +423,23 @@ int cmd_optimizer_save(Registry& registry, Tcl_Interp* interp, int objc,
   if (parse_args(interp, kSave, objc, objv, args) != TCL_OK) return TCL_ERROR;
   std::shared_ptr<OptimizerEntry> opt;
   if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
-  write_atomically(args.str("file"),
-                   [&](const std::string& tmp) { torch::save(*opt->optimizer, tmp); });
+  const std::string file = args.str("file");
+  try {
+    write_atomically(file, [&](const std::string& tmp) {
+      torch::serialize::OutputArchive archive;
+      opt->optimizer->save(archive);
+      // Which optimizer wrote the file, for a clear error on loading it
+      // into another kind.
+      archive.write(kKindKey, c10::IValue(opt->type));
+      archive.save_to(tmp);
+    });
+  } catch (const c10::Error& e) {
+    return fail(interp, "cannot save optimizer to \"" + file + "\": " + e.what_without_backtrace(),
+                {"TORCH", "FILE", file});
+  } catch (const std::runtime_error& e) {
+    return fail(interp, "cannot save optimizer to \"" + file + "\": " + e.what(),
+                {"TORCH", "FILE", file});
+  }
   return ok(interp, "");
 }
 
@@ -441,6 +460,19 @@ void check_loaded_state(const torch::optim::Optimizer& optimizer) {
       }
     }
   }
+  // A damaged payload can still parse: state is never infinite or NaN.
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) {
+      auto it = optimizer.state().find(p.unsafeGetTensorImpl());
+      if (it == optimizer.state().end()) continue;
+      double step = 0;
+      for (const auto& [name, t] : state_tensors(*it->second, step)) {
+        TORCH_CHECK(at::isfinite(t).all().item<bool>(), "state \"", name,
+                    "\" holds infinite or NaN values (a damaged file?)");
+      }
+      TORCH_CHECK(std::isfinite(step) && step >= 0, "state step ", step, " is not a count");
+    }
+  }
 }
 
 // Loads into a fresh optimizer first: a missing, truncated, corrupted,
@@ -454,8 +486,18 @@ int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
   const std::string file = args.str("file");
   std::unique_ptr<torch::optim::Optimizer> fresh;
   try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(file);
+    c10::IValue kind;
+    if (archive.try_read(kKindKey, kind) && kind.isString() && kind.toStringRef() != opt->type) {
+      return fail(interp,
+                  "cannot load " + opt->type + " optimizer from \"" + file + "\": the file holds " +
+                      (kind.toStringRef() == "adam" || kind.toStringRef() == "adamw" ? "an " : "a ") +
+                      kind.toStringRef() + " optimizer",
+                  {"TORCH", "FILE", file});
+    }
     fresh = opt->make_fresh();
-    torch::load(*fresh, file);
+    fresh->load(archive);
     check_loaded_state(*fresh);
   } catch (const c10::Error& e) {
     return fail(interp,

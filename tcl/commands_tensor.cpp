@@ -45,7 +45,7 @@ int get_shape(Tcl_Interp* interp, const char* option, Tcl_Obj* value,
   shape.clear();
   for (Tcl_Size i = 0; i < n; ++i) {
     Tcl_WideInt d = 0;
-    if (Tcl_GetWideIntFromObj(nullptr, items[i], &d) != TCL_OK || d < 0) {
+    if (get_wide_int(items[i], d) != TCL_OK || d < 0) {
       return bad_value(interp, option, value, "must be a list of non-negative integers");
     }
     shape.push_back(d);
@@ -186,7 +186,7 @@ class Flattener {
   bool number(Tcl_Obj* v, bool keep) {
     if (integral_) {
       Tcl_WideInt w = 0;
-      if (Tcl_GetWideIntFromObj(nullptr, v, &w) != TCL_OK) return false;
+      if (get_wide_int(v, w) != TCL_OK) return false;
       if (keep) ivals.push_back(w);
     } else {
       double d = 0;

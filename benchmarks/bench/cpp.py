@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .timing import Timing
+from .timing import Plan, Timing
 
 BENCH = Path(__file__).resolve().parents[1]
 SOURCE = BENCH / "cpp"
@@ -54,17 +54,17 @@ class Runner:
         self.proc = subprocess.Popen([str(program), "jobs"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
 
-    def job(self, kind: str, label: str, threads: int, reps: int, target_s: float,
-            spec: str) -> dict:
-        self.proc.stdin.write(f"{kind} {label} {threads} {reps} {target_s * 1e3:.6g} {spec}\n")
+    def job(self, kind: str, label: str, threads: int, plan: Plan, spec: str) -> dict:
+        self.proc.stdin.write(f"{kind} {label} {threads} {plan.reps} {plan.min_reps} "
+                              f"{plan.target_s * 1e3:.6g} {plan.budget_s * 1e3:.6g} {spec}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"bench_step exited ({self.proc.wait()}) on {kind} {spec}")
         return json.loads(line)
 
-    def time(self, kind, label, threads, reps, target_s, spec) -> Timing:
-        r = self.job(kind, label, threads, reps, target_s, spec)
+    def time(self, kind: str, label: str, threads: int, plan: Plan, spec: str) -> Timing:
+        r = self.job(kind, label, threads, plan, spec)
         return Timing(r["median_s"], r["batch"], r["samples"])
 
     def close(self):

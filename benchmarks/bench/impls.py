@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .timing import Timing, measure, measure_batched
+from .timing import Plan, Timing, measure, measure_batched
 
 # torch.finfo(torch.float32).eps: the core's default eps1 for float32, which
 # the Tcl command must be given explicitly (its default is transformers').
@@ -28,19 +28,19 @@ class Impl:
     kind: str  # "ours", "adafactor" (another Adafactor), "reference"
     make: Optional[Callable] = None  # params -> object with .step()
     reason: str = ""  # why it is not available
-    # Optional: a timer of its own, (params, reps, target_s) -> Timing.
+    # Optional: a timer of its own, (params, plan) -> Timing.
     timer: Optional[Callable] = None
 
     @property
     def available(self) -> bool:
         return self.make is not None or self.timer is not None
 
-    def time(self, params, reps: int, target_s: float) -> Timing:
+    def time(self, params, plan: Plan) -> Timing:
         if self.timer is not None:
-            return self.timer(params, reps, target_s)
+            return self.timer(params, plan)
         opt = self.make(params)
         with torch.no_grad():
-            return measure(opt.step, reps, target_s)
+            return measure(opt.step, plan)
 
 
 def _reason(e: BaseException) -> str:
@@ -94,10 +94,10 @@ class TclDoor:
         self.interp.close()
 
 
-def _time_tcl(params, reps: int, target_s: float) -> Timing:
+def _time_tcl(params, plan: Plan) -> Timing:
     door = TclDoor(params)
     try:
-        return measure_batched(door.run_batch, reps, target_s)
+        return measure_batched(door.run_batch, plan)
     finally:
         door.close()
 

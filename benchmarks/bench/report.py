@@ -48,7 +48,7 @@ class Lookup:
         self.results = results
         self.t = {(r["set"], r["threads"], r["impl"]): r for r in results["times"]}
         self.impls = {i["key"]: i for i in results["impls"]}
-        self.peak = {r["impl"]: r for r in results["peak"]}
+        self.peak = {(r["set"], r["impl"]): r for r in results["peak"]}
 
     def time(self, set_key, threads, impl):
         r = self.t.get((set_key, threads, impl))
@@ -106,18 +106,24 @@ def targets(results) -> list[dict]:
             tcl, c = L.time(key, threads, "tcl"), L.time(key, threads, "cpp")
             value = None if tcl is None or c is None else (tcl - c) * 1e6
             noise = [L.spread(key, threads, i) for i in ("tcl", "cpp")]
-            note = ""
+            note, unresolved = "", False
             if None not in noise:
-                note = f"sample spread (IQR/2) {max(noise) * 1e6:.2f} us"
+                # The two doors run in different processes: their difference
+                # is only resolved beyond the spread of their samples.
+                spread = max(noise) * 1e6
+                note = f"sample spread (IQR/2) {spread:.2f} us"
+                unresolved = value is not None and 5 < value <= 5 + 2 * spread
             add("tcl_overhead", f"{key}: Tcl door - C++ door, per call", threads, "tcl",
                 value, "<=", 5, "us", note)
+            if unresolved:
+                out[-1]["met"] = "unresolved"
     for door in MEMORY_DOORS:
-        r = L.peak.get(door)
+        r = L.peak.get(("transformer", door))
         if r is None:
             continue
-        add("peak", f"{results['peak_set']}: peak added memory / parameter bytes "
-            f"({SHORT[door]})", None, door, 100 * r["added"] / r["param_bytes"], "<=", 1.0,
-            "%", f"{fmt_bytes(r['added'])} of {fmt_bytes(r['param_bytes'])}")
+        add("peak", f"transformer: peak added memory / parameter bytes ({SHORT[door]})", None,
+            door, 100 * r["added"] / r["param_bytes"], "<=", 1.0, "%",
+            f"{fmt_bytes(r['added'])} of {fmt_bytes(r['param_bytes'])}")
     return out
 
 
@@ -138,7 +144,8 @@ def fmt_limit(t) -> str:
 
 
 def verdict(t) -> str:
-    return {True: "met", False: "NOT MET", None: "n/a"}[t["met"]]
+    return {True: "met", False: "NOT MET", None: "n/a",
+            "unresolved": "within noise"}[t["met"]]
 
 
 # ------------------------------------------------------------------ text tables
@@ -189,13 +196,13 @@ def sweep_table(results, threads) -> list[list[str]]:
     return rows
 
 
-def memory_table(results) -> list[list[str]]:
+def memory_table(results, set_key) -> list[list[str]]:
     L = Lookup(results)
-    adamw = L.peak.get("adamw_fused", {}).get("state_bytes")
+    adamw = L.peak.get((set_key, "adamw_fused"), {}).get("state_bytes")
     rows = [["implementation", "state", "state / AdamW's", "peak added by a step",
              "added / param bytes"]]
     for impl in results["impls"]:
-        r = L.peak.get(impl["key"])
+        r = L.peak.get((set_key, impl["key"]))
         if r is None:
             continue
         sb = r["state_bytes"]
@@ -226,9 +233,10 @@ def tables(results) -> str:
     for threads in results["threads"]:
         out += ["", f"Size sweep, {threads} thread(s): median step time"]
         out += _grid(sweep_table(results, threads), align="l" + "r" * 20)
-    if results["peak"]:
-        out += ["", f"Memory, {results['peak_set']} set, fresh process per implementation"]
-        out += _grid(memory_table(results))
+    for set_key in results["peak_sets"]:
+        out += ["", f"Memory, {set_name(results, set_key)} set, fresh process per "
+                "implementation"]
+        out += _grid(memory_table(results, set_key))
     out += ["", "Targets"]
     out += _grid(targets_table(results))
     share = m.get("other_cpu_share")
@@ -307,25 +315,36 @@ def plots(results, directory: Path) -> dict[str, str]:
     fig.savefig(directory / files["scaling"], dpi=110)
     plt.close(fig)
 
-    # Peak added memory.
+    # Peak added memory, as a share of the parameter bytes, per set.
     if results["peak"]:
-        rows = [(SHORT[r["impl"]], r["added"], r["impl"]) for r in results["peak"]]
-        fig, ax = plt.subplots(figsize=(7.5, 3.8))
-        ax.barh(range(len(rows)), [max(r[1], 1) / 1e6 for r in rows],
-                color=[colors.get(r[2], "#999") for r in rows])
-        one_percent = results["peak"][0]["param_bytes"] / 100 / 1e6
-        ax.axvline(one_percent, color="k", linestyle="--", linewidth=1)
-        ax.text(one_percent, len(rows) - 0.5, " 1% of parameters", fontsize=8, va="bottom")
-        for y, r in enumerate(rows):
-            ax.text(max(r[1], 1) / 1e6, y, " " + fmt_bytes(r[1]), va="center", fontsize=8)
-        ax.set_yticks(range(len(rows)))
-        ax.set_yticklabels([r[0] for r in rows])
+        sets_ = results["peak_sets"]
+        impls_ = [i["key"] for i in results["impls"]
+                  if any((k, i["key"]) in L.peak for k in sets_)]
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(impls_) * len(sets_) + 1.4))
+        h = 0.8 / len(sets_)
+        floor_pct = 1e-3
+        for j, k in enumerate(sets_):
+            ys, vals = [], []
+            for y, key in enumerate(impls_):
+                r = L.peak.get((k, key))
+                if r is None:
+                    continue
+                ys.append(y + (j - (len(sets_) - 1) / 2) * h)
+                vals.append((100 * r["added"] / r["param_bytes"], r["added"]))
+            ax.barh(ys, [max(v, floor_pct) for v, _ in vals], height=h * 0.9,
+                    label=set_name(results, k), color=["#1f5fbf", "#c9a227", "#2e9e5b"][j % 3])
+            for y, (v, added) in zip(ys, vals):
+                ax.text(max(v, floor_pct), y, f" {fmt_bytes(added)}", va="center", fontsize=7)
+        ax.axvline(1.0, color="k", linestyle="--", linewidth=1)
+        ax.text(1.0, -0.6, " target: 1%", fontsize=8)
+        ax.set_yticks(range(len(impls_)))
+        ax.set_yticklabels([SHORT[k] for k in impls_])
         ax.invert_yaxis()
         ax.set_xscale("log")
-        ax.margins(x=0.3)
-        ax.set_xlabel("MB added by one step at its peak (log)")
-        ax.set_title(f"Peak memory a step adds, {set_name(results, results['peak_set'])} "
-                     "(fresh process each)", fontsize=10)
+        ax.margins(x=0.25)
+        ax.set_xlabel("peak memory one step adds, % of parameter bytes (log)")
+        ax.set_title("Peak memory a step adds (fresh process each)", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         files["peak_memory"] = "peak_memory.png"
         fig.savefig(directory / files["peak_memory"], dpi=110)
@@ -408,12 +427,14 @@ def write_docs(results, docs_dir: Path) -> Path:
         lines += [f"![time against parameter count](performance/{files['scaling']})", ""]
     if results["peak"]:
         lines += ["## Memory", "",
-                  f"On the {results['peak_set']} set, each implementation in a fresh process: "
-                  "*state* is the bytes of the optimizer's state tensors (the Tcl door's is the "
-                  "core's, as the C++ door's); *peak added* is how far one step raises the "
-                  "resident set above parameters + gradients + state.", ""]
-        lines += _md(memory_table(results))
-        lines.append("")
+                  "Each implementation in a fresh process: *state* is the bytes of the "
+                  "optimizer's state tensors (the Tcl door's is the core's, as the C++ "
+                  "door's); *peak added* is how far one step raises the resident set above "
+                  "parameters + gradients + state.", ""]
+        for k in results["peak_sets"]:
+            lines += [f"{results['sets'][k]['title']}:", ""]
+            lines += _md(memory_table(results, k))
+            lines.append("")
         if "peak_memory" in files:
             lines += [f"![peak added memory](performance/{files['peak_memory']})", ""]
     unavailable = [i for i in results["impls"] if not i["available"]]

@@ -2,20 +2,20 @@
 //
 //   bench_step jobs        reads jobs from stdin, one a line, prints one JSON
 //                          object a line:
-//     time  <label> <threads> <reps> <target_ms> <spec>
+//     time  <label> <threads> <reps> <min_reps> <target_ms> <budget_ms> <spec>
 //           median time of tcltorch::Adafactor::step() (default options)
-//     floor <label> <threads> <reps> <target_ms> <spec>
+//     floor <label> <threads> <reps> <min_reps> <target_ms> <budget_ms> <spec>
 //           median time of the memory-bandwidth floor on the same tensors
 //   bench_step peak <spec> peak resident memory one step adds (fresh process)
 //
 // <spec> is a parameter set: items joined by '+', each COUNT*D0xD1x..., e.g.
 // "4*2048x2048+8*2048". Parameters and gradients are float32 randn.
 //
-// Timing: two warm-up steps (the first creates the state), then a batch size
-// K such that K steps take about target_ms, then <reps> samples of K steps;
-// the sample is the mean time of one step in its batch, the result the
-// median of the samples. benchmarks/run.py times the Python and Tcl doors the
-// same way.
+// Timing, as benchmarks/bench/timing.py does for the Python and Tcl rows: one
+// warm-up step (it creates the state); one timed step, which sizes the batch
+// (K steps take about target_ms); then <reps> samples of K steps, or fewer
+// for slow rows (as many as fit in budget_ms, at least <min_reps>). A sample
+// is the mean time of one step in its batch, the result their median.
 #include <ATen/Parallel.h>
 #include <tcltorch/adafactor.h>
 #include <torch/torch.h>
@@ -84,22 +84,26 @@ struct Timing {
   std::vector<double> samples;
 };
 
+struct Plan {
+  int reps = 15, min_reps = 5;
+  double target_s = 0.01, budget_s = 1.5;
+};
+
 template <class F>
-Timing measure(F&& step, int reps, double target_s) {
-  step();  // creates the state
-  step();  // warms threads, caches, allocator
-  auto t0 = Clock::now();
-  step();
-  const double one = std::chrono::duration<double>(Clock::now() - t0).count();
+Timing measure(F&& step, const Plan& plan) {
+  auto run_batch = [&](int64_t k) {
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < k; ++i) step();
+    return std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(k);
+  };
+  run_batch(1);  // creates the state
+  const double one = std::max(run_batch(1), 1e-9);
   Timing r;
-  r.batch = std::clamp<int64_t>(static_cast<int64_t>(std::llround(target_s / std::max(one, 1e-9))),
-                                1, 1000000);
-  for (int rep = 0; rep < reps; ++rep) {
-    t0 = Clock::now();
-    for (int64_t k = 0; k < r.batch; ++k) step();
-    r.samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() /
-                        static_cast<double>(r.batch));
-  }
+  r.batch = std::clamp<int64_t>(std::llround(plan.target_s / one), 1, 1000000);
+  const int reps = std::max(
+      plan.min_reps,
+      static_cast<int>(std::min<double>(plan.reps, plan.budget_s / (r.batch * one))));
+  for (int rep = 0; rep < reps; ++rep) r.samples.push_back(run_batch(r.batch));
   auto sorted = r.samples;
   std::sort(sorted.begin(), sorted.end());
   const auto n = sorted.size();
@@ -227,9 +231,13 @@ int run_jobs() {
     if (line.empty()) continue;
     std::istringstream in(line);
     std::string kind, label, spec;
-    int threads = 0, reps = 0;
-    double target_ms = 0;
-    in >> kind >> label >> threads >> reps >> target_ms >> spec;
+    int threads = 0;
+    Plan plan;
+    double target_ms = 0, budget_ms = 0;
+    in >> kind >> label >> threads >> plan.reps >> plan.min_reps >> target_ms >> budget_ms >>
+        spec;
+    plan.target_s = target_ms * 1e-3;
+    plan.budget_s = budget_ms * 1e-3;
     if (!in || (kind != "time" && kind != "floor")) {
       std::cerr << "bench_step: bad job: " << line << "\n";
       return 2;
@@ -239,10 +247,10 @@ int run_jobs() {
     Timing t;
     if (kind == "time") {
       tcltorch::Adafactor opt(params);
-      t = measure([&] { opt.step(); }, reps, target_ms * 1e-3);
+      t = measure([&] { opt.step(); }, plan);
     } else {
       torch::NoGradGuard no_grad;
-      t = measure([&] { floor_step(params); }, reps, target_ms * 1e-3);
+      t = measure([&] { floor_step(params); }, plan);
     }
     const int64_t n = numel_of(params);
     std::ostringstream o;
