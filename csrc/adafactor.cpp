@@ -97,6 +97,7 @@ void AdafactorOptions::serialize(torch::serialize::OutputArchive& archive) const
   archive.write("min_dim_size_to_factor", c10::IValue(min_dim_size_to_factor()));
   archive.write("fp32_state", c10::IValue(fp32_state()));
   archive.write("stochastic_rounding", c10::IValue(stochastic_rounding()));
+  archive.write("skip_nan_updates", c10::IValue(skip_nan_updates()));
 }
 
 void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -125,6 +126,7 @@ void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
   read_if_present(archive, "min_dim_size_to_factor", min_dim_size_to_factor_);
   read_if_present(archive, "fp32_state", fp32_state_);
   read_if_present(archive, "stochastic_rounding", stochastic_rounding_);
+  read_if_present(archive, "skip_nan_updates", skip_nan_updates_);
   validate();
 }
 
@@ -138,7 +140,8 @@ bool operator==(const AdafactorOptions& a, const AdafactorOptions& b) {
          a.factored_dims() == b.factored_dims() &&
          a.min_dim_size_to_factor() == b.min_dim_size_to_factor() &&
          a.fp32_state() == b.fp32_state() &&
-         a.stochastic_rounding() == b.stochastic_rounding();
+         a.stochastic_rounding() == b.stochastic_rounding() &&
+         a.skip_nan_updates() == b.skip_nan_updates();
 }
 
 double AdafactorOptions::get_lr() const { return lr(); }
@@ -208,8 +211,10 @@ torch::Tensor Adafactor::step(LossClosure closure) {
         adafactor_init_state(p, options, *state);
         it = state_.emplace(p.unsafeGetTensorImpl(), std::move(state)).first;
       }
-      adafactor_step(p, p.grad(), static_cast<AdafactorParamState&>(*it->second),
-                     options);
+      if (!adafactor_step(p, p.grad(), static_cast<AdafactorParamState&>(*it->second),
+                          options)) {
+        ++skipped_updates_;
+      }
     }
   }
   return loss;

@@ -175,7 +175,20 @@ void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState
   if (state.exp_avg().defined()) expect("exp_avg", state.exp_avg(), param.sizes());
 }
 
-void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
+namespace {
+// Whether every gradient element is finite: a sum in double is finite
+// exactly then (no overflow for float inputs), and needs no temporary.
+bool all_finite(const at::Tensor& grad, const AdafactorShard* shard) {
+  double bad = grad.numel() == 0 ? 0.0
+               : std::isfinite(grad.sum(at::kDouble).item<double>()) ? 0.0 : 1.0;
+  // Every shard must take the same decision, or the sums across them would
+  // not line up.
+  if (shard) shard->all_reduce_sum(&bad, 1);
+  return bad == 0.0;
+}
+}  // namespace
+
+bool adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
                     AdafactorParamState& state, const AdafactorOptions& options,
                     const AdafactorShard* shard) {
   TORCH_CHECK(!grad.is_sparse(), "Adafactor does not support sparse gradients");
@@ -194,9 +207,10 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
                             param.options().dtype(state_dtype(param.scalar_type(), options))));
   }
 
+  if (options.skip_nan_updates() && !all_finite(grad, shard)) return false;
   const double t = advance_step(state.step());
   // An empty shard still takes part in the sums across shards.
-  if (param.numel() == 0 && !shard) return;
+  if (param.numel() == 0 && !shard) return true;
 
   const bool torch_variant = options.variant() == AdafactorVariant::Torch;
   detail::StepNumbers numbers;
@@ -220,6 +234,7 @@ void adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
   } else {
     step_with_aten_ops(param, grad, state, options, dims, numbers);
   }
+  return true;
 }
 
 namespace {

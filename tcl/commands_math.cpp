@@ -13,9 +13,17 @@ namespace {
 // The second operand of an elementwise command: a tensor handle or a number.
 struct Operand {
   at::Tensor tensor;
-  double number = 0;
+  at::Scalar number;  // an integer stays an integer, as in Python
   bool is_tensor = false;
 };
+
+// An integer-valued number as an integer Scalar, so that integer tensors
+// keep their dtype (torch.tensor([1]) + 1 is int64).
+at::Scalar scalar_of(Tcl_Obj* value, double number) {
+  Tcl_WideInt w = 0;
+  if (get_wide_int(value, w) == TCL_OK) return at::Scalar(static_cast<int64_t>(w));
+  return at::Scalar(number);
+}
 
 int get_operand(Registry& registry, Tcl_Interp* interp, const char* option,
                 Tcl_Obj* value, Operand& out) {
@@ -24,7 +32,11 @@ int get_operand(Registry& registry, Tcl_Interp* interp, const char* option,
     out.is_tensor = registry.get(interp, value, out.tensor);
     return out.is_tensor ? TCL_OK : TCL_ERROR;
   }
-  if (Tcl_GetDoubleFromObj(nullptr, value, &out.number) == TCL_OK) return TCL_OK;
+  double number = 0;
+  if (Tcl_GetDoubleFromObj(nullptr, value, &number) == TCL_OK) {
+    out.number = scalar_of(value, number);
+    return TCL_OK;
+  }
   return bad_value(interp, option, value, "must be a tensor handle or a number");
 }
 
@@ -61,7 +73,8 @@ int binary(const CommandSpec& spec, Op op, Registry& registry, Tcl_Interp* inter
     return TCL_ERROR;
   }
   const bool with_alpha = op == Op::Add || op == Op::Sub;
-  const at::Scalar alpha = with_alpha ? at::Scalar(args.number("alpha")) : at::Scalar(1);
+  const at::Scalar alpha =
+      with_alpha ? scalar_of(args.obj("alpha"), args.number("alpha")) : at::Scalar(1);
   at::Tensor out;
   switch (op) {
     case Op::Add:
@@ -217,7 +230,7 @@ int cmd_tensor_reshape(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj
   }
   if (n < 0) {
     return bad_value(interp, "shape", args.obj("shape"),
-                     "must be a list of non-negative integers and at most one -1");
+                     "must be a list of integers >= -1 (one -1: inferred)");
   }
   return tensor_result(registry, interp, t.reshape(shape));
 }

@@ -127,6 +127,8 @@ CommandSpec adafactor_spec(const char* name) {
       {.name = "stochasticRounding", .snake = "stochastic_rounding",
        .type = ArgType::Bool, .default_value = "0", .placeholder = "bool",
        .positional = false},
+      {.name = "skipNonFinite", .snake = "skip_non_finite", .type = ArgType::Bool,
+       .default_value = "0", .placeholder = "bool", .positional = false},
   }};
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
@@ -152,8 +154,10 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
     return TCL_ERROR;
   }
   AdafactorOptions options(args.number("lr"));
-  options.eps1(args.number("eps2"))
-      .eps2(args.number("epsScale"))
+  // -eps2 defaults to the paper's 1e-30; with -variant torch and no -eps2,
+  // torch's own default (finfo(dtype).eps of each parameter) applies.
+  if (args.given("eps2") || args.str("variant") != "torch") options.eps1(args.number("eps2"));
+  options.eps2(args.number("epsScale"))
       .d(args.number("clipThreshold"))
       .beta2_decay(beta2_decay_of(args.number("decayRate")))
       .weight_decay(args.number("weightDecay"))
@@ -165,7 +169,8 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
       .factored_dims(parse_factored_dims(args.str("factoredDims")))
       .min_dim_size_to_factor(args.integer("minDimSizeToFactor"))
       .fp32_state(args.flag("fp32State"))
-      .stochastic_rounding(args.flag("stochasticRounding"));
+      .stochastic_rounding(args.flag("stochasticRounding"))
+      .skip_nan_updates(args.flag("skipNonFinite"));
   if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
   return optimizer_result(registry, interp, "adafactor", [params, options] {
     return std::make_unique<Adafactor>(params, options);
@@ -404,6 +409,9 @@ int cmd_optimizer_state(Registry& registry, Tcl_Interp* interp, int objc,
   dict_put(result, "parameter_bytes", Tcl_NewWideIntObj(param_total));
   // Adam keeps exp_avg and exp_avg_sq, each the size of the parameters.
   dict_put(result, "adam_state_bytes", Tcl_NewWideIntObj(2 * param_total));
+  if (auto* ada = dynamic_cast<const Adafactor*>(opt->optimizer.get())) {
+    dict_put(result, "skipped_updates", Tcl_NewWideIntObj(ada->skipped_updates()));
+  }
   Tcl_SetObjResult(interp, result);
   return TCL_OK;
 }
@@ -492,8 +500,7 @@ int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
     if (archive.try_read(kKindKey, kind) && kind.isString() && kind.toStringRef() != opt->type) {
       return fail(interp,
                   "cannot load " + opt->type + " optimizer from \"" + file + "\": the file holds " +
-                      (kind.toStringRef() == "adam" || kind.toStringRef() == "adamw" ? "an " : "a ") +
-                      kind.toStringRef() + " optimizer",
+                      with_article(kind.toStringRef()) + " optimizer",
                   {"TORCH", "FILE", file});
     }
     fresh = opt->make_fresh();

@@ -26,9 +26,12 @@ const char* kind_name(Kind kind) {
   return "?";
 }
 
-std::string a_kind(Kind kind) {
-  return std::string(kind == Kind::Optimizer ? "an " : "a ") + kind_name(kind);
+std::string with_article(const std::string& word) {
+  const bool vowel = !word.empty() && std::string("aeiouAEIOU").find(word[0]) != std::string::npos;
+  return (vowel ? "an " : "a ") + word;
 }
+
+std::string a_kind(Kind kind) { return with_article(kind_name(kind)); }
 
 Registry& registry_of(Tcl_Interp* interp) {
   if (auto* r = find_registry(interp)) return *r;

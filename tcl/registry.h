@@ -23,6 +23,8 @@ enum class Kind { Tensor, Module, Optimizer };
 const char* kind_name(Kind kind);
 // "a tensor", "a module", "an optimizer".
 std::string a_kind(Kind kind);
+// "a" or "an" before a word.
+std::string with_article(const std::string& word);
 
 class Registry {
  public:

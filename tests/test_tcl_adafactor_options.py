@@ -30,6 +30,7 @@ OPTIONS = [
     ("epsScale", "eps_scale"), ("maximize", None), ("variant", None),
     ("factoredDims", "factored_dims"), ("minDimSizeToFactor", "min_dim_size_to_factor"),
     ("fp32State", "fp32_state"), ("stochasticRounding", "stochastic_rounding"),
+    ("skipNonFinite", "skip_non_finite"),
 ]
 SPELLINGS = [s for pair in OPTIONS for s in pair if s]
 
@@ -102,7 +103,11 @@ def run_tcl_script(tcl, script: str, params0, grads, seed=1234) -> list[torch.Te
 def run_core(kwargs: dict, params0, grads, seed=1234) -> list[torch.Tensor]:
     """Copies of params0 optimized from Python by tcltorch._C.Adafactor."""
     params = [p.clone() for p in params0]
-    opt = _C.Adafactor(params, **{**TCL_DEFAULTS, **kwargs})
+    options = {**TCL_DEFAULTS, **kwargs}
+    if options["variant"] == "torch" and "eps1" not in kwargs:
+        # Without -eps2, -variant torch keeps the core's per-dtype default.
+        options["eps1"] = None
+    opt = _C.Adafactor(params, **options)
     torch.manual_seed(seed)
     for gs in grads:
         for p, g in zip(params, gs):
@@ -152,6 +157,8 @@ CASES = [
     ("-minDimSizeToFactor 6", dict(min_dim_size_to_factor=6), "float32", True),
     ("-fp32State 1", dict(fp32_state=True), "bfloat16", True),
     ("-stochasticRounding 1", dict(stochastic_rounding=True), "bfloat16", True),
+    # Finite gradients: skipping never triggers (tests/test_nonfinite.py has the rest).
+    ("-skipNonFinite 1", dict(skip_nan_updates=True), "float32", False),
     ("-fp32State yes -stochasticRounding on",
      dict(fp32_state=True, stochastic_rounding=True), "bfloat16", True),
     # everything at once
@@ -222,7 +229,7 @@ VALUES = {
     "beta1": "0.9", "weightDecay": "0.2", "relativeStep": "0", "scaleParameter": "0",
     "warmupInit": "1", "epsScale": "5.0", "maximize": "1", "variant": "torch",
     "factoredDims": "largest_two", "minDimSizeToFactor": "6", "fp32State": "1",
-    "stochasticRounding": "1",
+    "stochasticRounding": "1", "skipNonFinite": "1",
 }
 BF16_OPTIONS = {"fp32State", "stochasticRounding"}
 

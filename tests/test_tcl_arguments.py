@@ -136,3 +136,29 @@ def test_bad_calls_do_not_crash_tclsh():
     out = run_tclsh("\n".join(script) + "\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == f"errors {len(BAD_CALLS)}"
+
+
+def test_variant_torch_without_eps2_is_torch_adafactor(tcl):
+    # -eps2 defaults to 1e-30 for the paper's variant; with -variant torch and
+    # no -eps2 the core's torch default applies (finfo(dtype).eps per parameter).
+    a = train(tcl, "torch::optimizer_adafactor -parameters $params -variant torch -lr 0.01",
+              make_params(tcl))
+    ps = [torch.randn(s, generator=torch.Generator().manual_seed(0)) for s in [(4, 6), (5,)]]
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=gen) for s in [(4, 6), (5,)]]
+    ref = torch.optim.Adafactor(ps, lr=0.01, foreach=False)
+    gen = torch.Generator().manual_seed(10)
+    for _ in range(8):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        ref.step()
+    for x, y in zip(a, ps):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_integer_arithmetic_keeps_integer_dtype(tcl):
+    i = tcl.eval("torch::tensor_create {1 2 3} {} int64")
+    assert tcl.eval(f"torch::tensor_dtype [torch::add {i} 1]") == "int64"
+    assert tcl.eval(f"torch::tensor_to_list [torch::add {i} {i}]") == "2 4 6"
+    assert tcl.eval(f"torch::tensor_to_list [torch::sub {i} {i} 2]") == "-1 -2 -3"
+    assert tcl.eval(f"torch::tensor_dtype [torch::mul {i} 0.5]") == "float32"

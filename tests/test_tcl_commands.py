@@ -781,7 +781,8 @@ def test_optimizer_state_structure(tcl):
     s = state_of(tcl, opt)
     assert dget(tcl, s, "type") == "adafactor"
     assert set(tcl.split(tcl.eval(f"dict keys {{{s}}}"))) == \
-        {"type", "parameters", "state_bytes", "parameter_bytes", "adam_state_bytes"}
+        {"type", "parameters", "state_bytes", "parameter_bytes", "adam_state_bytes",
+         "skipped_updates"}
     assert tcl.split(tcl.eval(f"dict keys [dict get {{{s}}} parameters]")) == (hw, hv)
     # before any step: no state
     assert dget(tcl, s, "parameters", hw, "step") == "0"

@@ -70,6 +70,7 @@ AdafactorOptions options_from(const py::kwargs& kwargs) {
       o.min_dim_size_to_factor(value.cast<std::int64_t>());
     } else if (name == "fp32_state") o.fp32_state(as_bool(n, value));
     else if (name == "stochastic_rounding") o.stochastic_rounding(as_bool(n, value));
+    else if (name == "skip_nan_updates") o.skip_nan_updates(as_bool(n, value));
     else throw py::type_error("unexpected keyword argument '" + name + "'");
   }
   o.validate();
@@ -94,6 +95,7 @@ py::dict options_dict(const AdafactorOptions& o) {
   d["min_dim_size_to_factor"] = o.min_dim_size_to_factor();
   d["fp32_state"] = o.fp32_state();
   d["stochastic_rounding"] = o.stochastic_rounding();
+  d["skip_nan_updates"] = o.skip_nan_updates();
   return d;
 }
 
@@ -180,6 +182,8 @@ PYBIND11_MODULE(_C, m) {
           [](Adafactor& self, double lr) {
             for (auto& g : self.param_groups()) g.options().set_lr(lr);
           })
+      .def_property_readonly("skipped_updates", &Adafactor::skipped_updates,
+                             "Parameter updates skipped by skip_nan_updates.")
       .def("options",
            [](const Adafactor& self) {
              return options_dict(
@@ -224,10 +228,11 @@ PYBIND11_MODULE(_C, m) {
           std::vector<AdafactorParamState> core_states;
           core_states.reserve(states.size());
           for (const auto& s : states) core_states.push_back(state_from_dict(s.cast<py::dict>()));
+          std::int64_t skipped = 0;
           {
             py::gil_scoped_release release;
             for (std::size_t i = 0; i < params.size(); ++i) {
-              tcltorch::adafactor_step(params[i], grads[i], core_states[i], options);
+              if (!tcltorch::adafactor_step(params[i], grads[i], core_states[i], options)) ++skipped;
             }
           }
           // A step may add state (exp_avg when beta1 was turned on later).
@@ -237,10 +242,11 @@ PYBIND11_MODULE(_C, m) {
               d["exp_avg"] = core_states[i].exp_avg();
             }
           }
+          return skipped;
         },
         py::arg("params"), py::arg("grads"), py::arg("states"),
         "One step of each parameter with the fused core; states are updated in place. "
-        "Releases the GIL.");
+        "Releases the GIL. Returns how many updates skip_nan_updates skipped.");
 
   m.def("adafactor_factored_dims",
         [](std::vector<std::int64_t> shape, const py::kwargs& kwargs) -> py::object {
@@ -274,10 +280,14 @@ PYBIND11_MODULE(_C, m) {
             core_states.push_back(state_from_dict(states[i].cast<py::dict>()));
             shards.push_back(shard_of(global_shapes[i], reducer));
           }
+          std::int64_t skipped = 0;
           {
             py::gil_scoped_release release;
             for (std::size_t i = 0; i < params.size(); ++i) {
-              tcltorch::adafactor_step(params[i], grads[i], core_states[i], options, &shards[i]);
+              if (!tcltorch::adafactor_step(params[i], grads[i], core_states[i], options,
+                                            &shards[i])) {
+                ++skipped;
+              }
             }
           }
           for (std::size_t i = 0; i < params.size(); ++i) {
@@ -286,6 +296,7 @@ PYBIND11_MODULE(_C, m) {
               d["exp_avg"] = core_states[i].exp_avg();
             }
           }
+          return skipped;
         },
         py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("global_shapes"),
         py::arg("reducer"),

@@ -23,6 +23,7 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "min_dim_size_to_factor": 0,
     "fp32_state": False,
     "stochastic_rounding": False,
+    "skip_nan_updates": False,
 }
 
 
@@ -55,6 +56,7 @@ def _core_options(group: dict) -> dict:
         "min_dim_size_to_factor": int(group["min_dim_size_to_factor"]),
         "fp32_state": bool(group["fp32_state"]),
         "stochastic_rounding": bool(group["stochastic_rounding"]),
+        "skip_nan_updates": bool(group["skip_nan_updates"]),
     }
 
 
@@ -142,7 +144,8 @@ class _Sharded:
             grads.append(grad.to_local())
             states.append({k: (v.to_local() if _is_dtensor(v) else v) for k, v in state.items()})
             shapes.append(list(p.shape))
-        _C.adafactor_step_sharded(locals_, grads, states, shapes, reducer, **options)
+        optimizer.skipped_updates += _C.adafactor_step_sharded(
+            locals_, grads, states, shapes, reducer, **options)
         for p, local_state in zip(params, states):
             state = optimizer.state[p]
             if "exp_avg" in local_state and "exp_avg" not in state:
@@ -180,6 +183,7 @@ class Adafactor(Optimizer):
         min_dim_size_to_factor: int = 0,
         fp32_state: bool = False,
         stochastic_rounding: bool = False,
+        skip_nan_updates: bool = False,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -200,7 +204,10 @@ class Adafactor(Optimizer):
             "min_dim_size_to_factor": min_dim_size_to_factor,
             "fp32_state": fp32_state,
             "stochastic_rounding": stochastic_rounding,
+            "skip_nan_updates": skip_nan_updates,
         }
+        # Parameter updates skipped by skip_nan_updates (not in state_dict).
+        self.skipped_updates = 0
         _C.validate_options(**_core_options(defaults))
         super().__init__(params, defaults)
 
@@ -214,6 +221,7 @@ class Adafactor(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("skipped_updates", 0)
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -250,7 +258,7 @@ class Adafactor(Optimizer):
                 grads.append(p.grad)
                 states.append(state)
             if params:
-                _C.adafactor_step(params, grads, states, **options)
+                self.skipped_updates += _C.adafactor_step(params, grads, states, **options)
             if sharded:
                 _Sharded.step(self, sharded, options)
         return loss
@@ -296,5 +304,6 @@ def from_transformers_state_dict(state_dict: dict) -> dict:
             # transformers keeps fp32 state for bf16/fp16 parameters.
             "fp32_state": True,
             "stochastic_rounding": False,
+            "skip_nan_updates": False,
         })
     return {"state": state, "param_groups": groups}

@@ -70,6 +70,10 @@ struct TCLTORCH_API AdafactorOptions
   TORCH_ARG(bool, fp32_state) = false;
   // bf16 parameters: round the fp32 result back stochastically.
   TORCH_ARG(bool, stochastic_rounding) = false;
+  // A gradient with an infinite or NaN element leaves the parameter and its
+  // state (step count included) untouched; the optimizer counts the skip.
+  // Off: non-finite values flow into the update, as in torch.optim.Adafactor.
+  TORCH_ARG(bool, skip_nan_updates) = false;
 
  public:
   // Throws c10::ValueError naming the first invalid option, its value and
@@ -133,8 +137,9 @@ TCLTORCH_API void adafactor_check_state(const torch::Tensor& param,
                                         const AdafactorShard* shard = nullptr);
 
 // One Adafactor step of one parameter, in place on `param` and `state`.
-// The whole algorithm lives here; every front door calls it.
-TCLTORCH_API void adafactor_step(const torch::Tensor& param,
+// The whole algorithm lives here; every front door calls it. Returns false
+// when skip_nan_updates skipped the step.
+TCLTORCH_API bool adafactor_step(const torch::Tensor& param,
                                  const torch::Tensor& grad,
                                  AdafactorParamState& state,
                                  const AdafactorOptions& options,
@@ -149,6 +154,8 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
                      AdafactorOptions defaults = {});
 
   torch::Tensor step(LossClosure closure = nullptr) override;
+  // Parameter updates skipped by skip_nan_updates since construction.
+  std::int64_t skipped_updates() const { return skipped_updates_; }
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
@@ -157,6 +164,7 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
   static void serialize(Self& self, Archive& archive) {
     _TORCH_OPTIM_SERIALIZE_WITH_TEMPLATE_ARG(Adafactor);
   }
+  std::int64_t skipped_updates_ = 0;
 };
 
 }  // namespace tcltorch
