@@ -241,7 +241,8 @@ def test_snake_case_and_prefix_spellings_give_the_same_bits(tcl, camel, snake):
     value = VALUES[camel]
     reference = run_tcl(tcl, f"-{camel} {value}", params0, grads)
     default = run_tcl(tcl, "", params0, grads)
-    assert not all_equal(reference, default), "the value must change the numbers"
+    if camel != "skipNonFinite":  # acts on non-finite gradients only
+        assert not all_equal(reference, default), "the value must change the numbers"
     spellings = {camel, unique_prefix(camel)}
     if snake:
         # and a prefix that only the snake_case spelling has: "clip_t", "min_d", ...
