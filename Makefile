@@ -28,3 +28,9 @@ bench: setup
 
 clean:
 	rm -rf build build-install.log
+
+# ASan + UBSan build of the core and the Tcl package in build/sanitize, and
+# Tcl scripts run against it (examples, child interpreters, a short fuzz).
+.PHONY: sanitize
+sanitize: setup
+	PY=$(PY) scripts/sanitize.sh

@@ -16,12 +16,17 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 WITH_TEST=${WITH_TEST:-0}
 step() { printf '==> %s\n' "$*"; }
 
-# 1. System packages: Tcl with its headers and stubs library, a compiler, CMake.
+# 1. System packages: Tcl with its headers and stubs library, its Thread
+# package, a compiler, CMake.
 need=()
-command -v tclsh >/dev/null 2>&1 || need+=(tcl)
+command -v tclsh >/dev/null 2>&1 || need+=(tcl tcl-thread)
 [ -f /usr/include/tcl8.6/tcl.h ] || [ -f /usr/include/tcl/tcl.h ] || need+=(tcl-dev)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# The Thread package: Tcl threads in the reliability tests.
+if command -v tclsh >/dev/null 2>&1 && ! echo 'package require Thread' | tclsh >/dev/null 2>&1; then
+  need+=(tcl-thread)
+fi
 if ((${#need[@]})); then
   step "installing Debian packages: ${need[*]}"
   sudo=""

@@ -4,6 +4,7 @@
 #include <torch/utils.h>
 
 #include <cstring>
+#include <sstream>
 
 #include "argspec.h"
 #include "commands.h"
@@ -71,6 +72,16 @@ Tcl_Obj* list_of(const at::Tensor& t, bool floating, std::int64_t dim,
 }
 
 }  // namespace
+
+// Tcl objects a nested list of this shape takes: one per list and per value.
+double list_objects(at::IntArrayRef sizes) {
+  double total = 1, level = 1;
+  for (auto s : sizes) {
+    level *= static_cast<double>(s);
+    total += level;
+  }
+  return total;
+}
 
 Tcl_Obj* tensor_to_list(const at::Tensor& tensor) {
   const bool floating = tensor.is_floating_point();
@@ -165,6 +176,8 @@ int cmd_full(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const ob
 // each depth, and every other element must agree with it.
 class Flattener {
  public:
+  static constexpr std::size_t kMaxDims = 64;  // LibTorch's own limit for most ops
+
   Flattener(Tcl_Interp* interp, Tcl_Obj* whole, bool integral)
       : interp_(interp), whole_(whole), integral_(integral) {}
 
@@ -207,6 +220,10 @@ class Flattener {
     while (!number(v, false)) {
       Tcl_Size n = 0;
       Tcl_Obj** items = nullptr;
+      if (shape.size() == kMaxDims) {
+        return bad_value(interp_, "values", whole_,
+                         "must not nest deeper than " + std::to_string(kMaxDims) + " levels");
+      }
       if (elements(v, n, items) != TCL_OK) return TCL_ERROR;
       shape.push_back(n);
       if (n == 0) break;
@@ -301,7 +318,18 @@ int item_body(Registry&, Tcl_Interp* interp, const at::Tensor& t) {
   return TCL_OK;
 }
 
+// Beyond this many Tcl objects a list would exhaust memory long before it
+// helps anyone; Tcl itself aborts the process when an allocation fails.
+constexpr double kMaxListObjects = 1 << 25;
+
 int to_list_body(Registry&, Tcl_Interp* interp, const at::Tensor& t) {
+  if (list_objects(t.sizes()) > kMaxListObjects) {
+    std::ostringstream msg;
+    msg << "torch::tensor_to_list: a tensor of shape " << t.sizes()
+        << " is too large for a Tcl list (at most " << static_cast<long long>(kMaxListObjects)
+        << " values and lists)";
+    return fail(interp, msg.str(), {"TORCH", "VALUE"});
+  }
   Tcl_SetObjResult(interp, tensor_to_list(t));
   return TCL_OK;
 }

@@ -32,6 +32,9 @@ int guarded(Tcl_Interp* interp, const char* command, Body&& body) noexcept {
     } catch (const c10::ValueError& e) {
       return fail(interp, std::string(command) + ": " + e.what_without_backtrace(),
                   {"TORCH", "VALUE"});
+    } catch (const c10::OutOfMemoryError& e) {
+      return fail(interp, std::string(command) + ": out of memory: " + e.what_without_backtrace(),
+                  {"TORCH", "MEMORY"});
     } catch (const c10::Error& e) {
       return fail(interp, std::string(command) + ": " + e.what_without_backtrace(),
                   {"TORCH", "LIBTORCH"});
