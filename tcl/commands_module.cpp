@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "argspec.h"
-#include "checkpoint.h"
+#include "tcltorch/checkpoint.h"
 #include "commands.h"
 #include "errors.h"
 #include "objects.h"
@@ -282,7 +282,7 @@ int cmd_module_save(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* c
   if (!registry.get(interp, args.obj("module"), module)) return TCL_ERROR;
   const std::string file = args.str("file");
   try {
-    write_atomically(file, [&](const std::string& tmp) {
+    tcltorch::write_atomically(file, [&](const std::string& tmp) {
       torch::serialize::OutputArchive archive;
       module->module.ptr()->save(archive);
       archive.save_to(tmp);

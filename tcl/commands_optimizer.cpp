@@ -11,7 +11,7 @@
 #include <unordered_set>
 
 #include "argspec.h"
-#include "checkpoint.h"
+#include "tcltorch/checkpoint.h"
 #include "commands.h"
 #include "errors.h"
 #include "objects.h"
@@ -433,7 +433,7 @@ int cmd_optimizer_save(Registry& registry, Tcl_Interp* interp, int objc,
   if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
   const std::string file = args.str("file");
   try {
-    write_atomically(file, [&](const std::string& tmp) {
+    tcltorch::write_atomically(file, [&](const std::string& tmp) {
       torch::serialize::OutputArchive archive;
       opt->optimizer->save(archive);
       // Which optimizer wrote the file, for a clear error on loading it

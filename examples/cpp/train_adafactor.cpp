@@ -2,6 +2,7 @@
 // tcltorch::Adafactor, checkpoints the optimizer halfway and resumes from the
 // checkpoint. Prints the loss; exits non-zero if training did not reduce it.
 #include <tcltorch/adafactor.h>
+#include <tcltorch/checkpoint.h>
 #include <torch/torch.h>
 
 #include <cstdio>
@@ -31,9 +32,9 @@ int main() {
     if (step % 10 == 0) std::printf("step %2d  loss %.5f\n", step, last);
     if (step == 30) {
       // Resume halfway through from a checkpoint, in a new optimizer.
-      torch::save(*optimizer, checkpoint.string());
+      tcltorch::save_optimizer(*optimizer, checkpoint.string());  // atomic
       optimizer = std::make_unique<tcltorch::Adafactor>(model->parameters(), options);
-      torch::load(*optimizer, checkpoint.string());
+      tcltorch::load_optimizer(*optimizer, checkpoint.string());  // checked first
     }
   }
   std::filesystem::remove(checkpoint);

@@ -9,6 +9,7 @@
 #include "adafactor_detail.h"
 #include "bridge.h"
 #include "tcltorch/adafactor.h"
+#include "tcltorch/checkpoint.h"
 
 namespace py = pybind11;
 
@@ -199,13 +200,13 @@ PYBIND11_MODULE(_C, m) {
       .def("save",
            [](const Adafactor& self, const std::string& path) {
              py::gil_scoped_release release;
-             torch::save(self, path);
+             tcltorch::save_optimizer(self, path);
            },
            py::arg("path"))
       .def("load",
            [](Adafactor& self, const std::string& path) {
              py::gil_scoped_release release;
-             torch::load(self, path);
+             tcltorch::load_optimizer(self, path);
            },
            py::arg("path"));
 
