@@ -113,8 +113,9 @@ const CommandSpec kOnes = factory_spec("torch::ones");
 const CommandSpec kRandn = factory_spec("torch::randn");
 const CommandSpec kRand = factory_spec("torch::rand");
 
-using Factory = at::Tensor (*)(at::IntArrayRef, at::TensorOptions);
+using Factory = at::Tensor (*)(at::IntArrayRef, at::TensorOptions, const Args&);
 
+// zeros, ones, randn, rand and full: a shape, a dtype, requiresGrad.
 int factory(const CommandSpec& spec, Factory make, Registry& registry,
             Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
   Args args;
@@ -126,26 +127,30 @@ int factory(const CommandSpec& spec, Factory make, Registry& registry,
     return bad_value(interp, "requiresGrad", args.obj("requiresGrad"),
                      "only floating-point tensors can require gradients");
   }
-  auto t = make(shape, at::TensorOptions().dtype(dtype));
+  auto t = make(shape, at::TensorOptions().dtype(dtype), args);
   t.set_requires_grad(args.flag("requiresGrad"));
   return tensor_result(registry, interp, std::move(t));
 }
 
 int cmd_zeros(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
-  return factory(kZeros, [](at::IntArrayRef s, at::TensorOptions o) { return at::zeros(s, o); },
-                 r, i, c, v);
+  return factory(kZeros, [](at::IntArrayRef s, at::TensorOptions o, const Args&) {
+    return at::zeros(s, o);
+  }, r, i, c, v);
 }
 int cmd_ones(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
-  return factory(kOnes, [](at::IntArrayRef s, at::TensorOptions o) { return at::ones(s, o); },
-                 r, i, c, v);
+  return factory(kOnes, [](at::IntArrayRef s, at::TensorOptions o, const Args&) {
+    return at::ones(s, o);
+  }, r, i, c, v);
 }
 int cmd_randn(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
-  return factory(kRandn, [](at::IntArrayRef s, at::TensorOptions o) { return at::randn(s, o); },
-                 r, i, c, v);
+  return factory(kRandn, [](at::IntArrayRef s, at::TensorOptions o, const Args&) {
+    return at::randn(s, o);
+  }, r, i, c, v);
 }
 int cmd_rand(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
-  return factory(kRand, [](at::IntArrayRef s, at::TensorOptions o) { return at::rand(s, o); },
-                 r, i, c, v);
+  return factory(kRand, [](at::IntArrayRef s, at::TensorOptions o, const Args&) {
+    return at::rand(s, o);
+  }, r, i, c, v);
 }
 
 const CommandSpec kFull{"torch::full", {
@@ -157,19 +162,10 @@ const CommandSpec kFull{"torch::full", {
      .default_value = "0", .placeholder = "bool"},
 }};
 
-int cmd_full(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj* const objv[]) {
-  Args args;
-  if (parse_args(interp, kFull, objc, objv, args) != TCL_OK) return TCL_ERROR;
-  std::vector<std::int64_t> shape;
-  if (get_shape(interp, "shape", args.obj("shape"), shape) != TCL_OK) return TCL_ERROR;
-  const auto dtype = dtype_from_name(args.str("dtype"));
-  if (args.flag("requiresGrad") && !at::isFloatingType(dtype)) {
-    return bad_value(interp, "requiresGrad", args.obj("requiresGrad"),
-                     "only floating-point tensors can require gradients");
-  }
-  auto t = at::full(shape, args.number("value"), at::TensorOptions().dtype(dtype));
-  t.set_requires_grad(args.flag("requiresGrad"));
-  return tensor_result(registry, interp, std::move(t));
+int cmd_full(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
+  return factory(kFull, [](at::IntArrayRef s, at::TensorOptions o, const Args& args) {
+    return at::full(s, args.number("value"), o);
+  }, r, i, c, v);
 }
 
 // Reads nested lists of numbers: the shape comes from the first element at
