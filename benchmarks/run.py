@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from bench import cpp, report  # noqa: E402
 from bench.impls import Impl, python_impls  # noqa: E402
 from bench.sets import FULL, FULL_SWEEP, SMOKE, SMOKE_SWEEP, clone  # noqa: E402
-from bench.timing import Plan, Timing  # noqa: E402
+from bench.timing import Plan, measure_rows  # noqa: E402
 
 MAIN_SETS = ["transformer", "conv", "small", "tiny"]
 # Rows of the size sweep (the Tcl door runs the C++ door's code: it is timed
@@ -63,10 +63,71 @@ def cpu_busy_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
-def own_cpu_seconds() -> float:
-    s = resource.getrusage(resource.RUSAGE_SELF)
-    c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a live process (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class CpuWatch:
+    """The share of the machine's CPU time that processes other than this one
+    and its children (the live C++ benchmark process included) take between
+    start() and share()."""
+
+    def __init__(self, pids=()):
+        self.pids = list(pids)
+        self.start()
+
+    def own(self) -> float:
+        s = resource.getrusage(resource.RUSAGE_SELF)
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)  # children reaped so far
+        return (s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+                + sum(process_cpu_seconds(p) for p in self.pids))
+
+    def start(self) -> None:
+        self.busy0, self.total0 = cpu_busy_jiffies()
+        self.own0 = self.own()
+
+    def share(self) -> float:
+        busy, total = cpu_busy_jiffies()
+        hz = os.sysconf("SC_CLK_TCK")
+        capacity = (total - self.total0) / hz
+        if capacity <= 0:
+            return 0.0
+        other = (busy - self.busy0) / hz - (self.own() - self.own0)
+        return min(1.0, max(0.0, other / capacity))
+
+
+class QuietGate:
+    """Before each parameter set: waits until other processes take under 10%
+    of the CPU (over half a second), spending at most `budget_s` in all."""
+
+    def __init__(self, budget_s: float, pids=()):
+        self.left = budget_s
+        self.pids = list(pids)
+        self.total = 0.0
+
+    def wait(self) -> None:
+        if self.left <= 0:
+            return
+        t0 = time.time()
+        while True:
+            watch = CpuWatch(self.pids)
+            time.sleep(0.5)
+            busy = watch.share()
+            spent = time.time() - t0
+            if busy < 0.1 or spent >= self.left:
+                break
+            log(f"  waiting for a quiet machine ({100 * busy:.0f} % busy; "
+                f"{self.left - spent:.0f} s of waiting left)")
+            time.sleep(min(2.0, self.left - spent))
+        spent = time.time() - t0
+        self.left = max(0.0, self.left - spent)
+        self.total += spent
 
 
 def machine_info() -> dict:
@@ -108,59 +169,59 @@ class Bench:
         self.plan = (Plan(reps=3, min_reps=2, target_s=0.002, budget_s=0.05) if self.smoke
                      else Plan(reps=args.reps, min_reps=min(5, args.reps)))
         self.times: list[dict] = []
+        self.other_share: dict[str, float] = {}  # "set/threads" -> share
+        self.gate = QuietGate(0)
         self.py = python_impls()
         self.runner = None
 
     def impls(self) -> list[Impl]:
         """All rows in table order: the C++ door, the Python rows, the floor."""
-        out = [Impl("cpp", "tcltorch::Adafactor::step (C++ door)", "ours",
-                    timer=lambda *a: None)]
-        out += self.py
-        out.append(Impl("floor", "bandwidth floor (3 G reads + P read/write)", "floor",
-                        timer=lambda *a: None))
-        if self.runner is None:
-            for i in out:
-                if i.key in ("cpp", "floor"):
-                    i.timer, i.make = None, None
-                    i.reason = "C++ benchmark not built (--no-cpp)"
-        return out
+        built = self.runner is not None
+        reason = "" if built else "C++ benchmark not built (--no-cpp)"
+        return [Impl("cpp", "tcltorch::Adafactor::step (C++ door)", "ours", external=built,
+                     reason=reason),
+                *self.py,
+                Impl("floor", "bandwidth floor (3 G reads + P read/write)", "floor",
+                     external=built, reason=reason)]
 
-    def record(self, set_key, threads, impl, t: Timing, took: float):
-        self.times.append({"set": set_key, "threads": threads, "impl": impl, **t.as_dict()})
-        log(f"  {set_key:<12} threads={threads} {impl:<14} {report.fmt_time(t.median_s):>10}"
-            f"  (batch {t.batch}, {len(t.samples)} samples; {took:.1f} s)")
-
-    def time_impl(self, impl: Impl, pset, base, threads: int):
+    def time_set(self, pset, threads: int, keys=None):
+        """Times the rows (all available, or those in `keys`) on one set."""
+        base = pset.make()
+        self.gate.wait()
         t0 = time.time()
-        if impl.key in ("cpp", "floor"):
-            kind = "time" if impl.key == "cpp" else "floor"
-            t = self.runner.time(kind, pset.key, threads, self.plan, pset.spec)
-        else:
-            params = clone(base)
-            t = impl.time(params, self.plan)
-            del params
-            if pset.numel() > 4_000_000:
-                gc.collect()  # slow with transformers imported: big sets only
-        self.record(pset.key, threads, impl.key, t, time.time() - t0)
+        watch = CpuWatch(self.gate.pids)
+        rows = {}
+        for impl in self.impls():
+            if not impl.available or (keys is not None and impl.key not in keys):
+                continue
+            if impl.external:
+                kind = "time" if impl.key == "cpp" else "floor"
+                rows[impl.key] = self.runner.open(kind, threads, pset.spec)
+            else:
+                rows[impl.key] = impl.open(clone(base))
+        del base
+        try:
+            timings = measure_rows(rows, self.plan)
+        finally:
+            for row in rows.values():
+                row.close()
+            del rows
+            gc.collect()
+        other = watch.share()
+        self.other_share[f"{pset.key}/{threads}"] = round(other, 3)
+        for key, t in timings.items():
+            self.times.append({"set": pset.key, "threads": threads, "impl": key, **t.as_dict()})
+        cells = "  ".join(f"{k} {report.fmt_time(t.median_s)}" for k, t in timings.items())
+        log(f"  {pset.key:<12} threads={threads} ({time.time() - t0:.0f} s, others "
+            f"{100 * other:.0f} % CPU): {cells}")
 
     def run_times(self):
-        impls = [i for i in self.impls() if i.available]
         for threads in self.threads:
             torch.set_num_threads(threads)
             for key in MAIN_SETS:
-                pset = self.sets[key]
-                base = pset.make()
-                for impl in impls:
-                    self.time_impl(impl, pset, base, threads)
-                del base
-                gc.collect()
+                self.time_set(self.sets[key], threads)
             for pset in self.sweep:
-                base = pset.make()
-                for impl in impls:
-                    if impl.key in SWEEP_IMPLS:
-                        self.time_impl(impl, pset, base, threads)
-                del base
-                gc.collect()
+                self.time_set(pset, threads, SWEEP_IMPLS)
         torch.set_num_threads(self.threads[0])
 
     def run_peaks(self, program) -> list[dict]:
@@ -197,6 +258,14 @@ class Bench:
         return out
 
 
+def python_name() -> str:
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(REPO))
+    except ValueError:
+        return str(exe)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true",
@@ -214,16 +283,18 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cpp", action="store_true",
                     help="skip the C++ door and the floor (no C++ build)")
     ap.add_argument("--no-peak", action="store_true", help="skip the peak-memory processes")
+    ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
+                    help="before each parameter set, wait until other processes use under "
+                         "10%% of the CPU, at most SECONDS in all (default 60, with --smoke 0)")
     ap.add_argument("--cpp-build-dir", type=Path, default=REPO / "build" / "bench-cpp")
     args = ap.parse_args(argv)
+    if args.wait_quiet is None:
+        args.wait_quiet = 0 if args.smoke else 60
     out_dir = REPO / "build" / ("bench-smoke" if args.smoke else "bench")
     json_path = args.json or out_dir / "results.json"
     docs_dir = args.docs or (json_path.parent if args.smoke else REPO / "docs")
 
     start = time.time()
-    busy0, total0 = cpu_busy_jiffies()
-    own0 = own_cpu_seconds()
-    load0 = os.getloadavg()
 
     bench = Bench(args)
     program = None
@@ -233,6 +304,11 @@ def main(argv=None) -> int:
         program = cpp.build(args.cpp_build_dir, log=log)
         log(f"build took {time.time() - phase:.0f} s")
         bench.runner = cpp.Runner(program)
+    pids = [bench.runner.proc.pid] if bench.runner is not None else []
+    bench.gate = QuietGate(args.wait_quiet, pids)
+    # The share of CPU time other processes take is watched from here on.
+    watch = CpuWatch(pids)
+    load0 = os.getloadavg()
     meta = machine_info()
     log(f"timing on {meta.get('cpu')} ({meta['cores']} cores), torch {meta['torch']}")
     phase = time.time()
@@ -249,18 +325,15 @@ def main(argv=None) -> int:
         peaks = bench.run_peaks(program)
         log(f"peak memory took {time.time() - phase:.0f} s")
 
-    busy1, total1 = cpu_busy_jiffies()
-    hz = os.sysconf("SC_CLK_TCK")
+    other = watch.share()
     elapsed = time.time() - start
-    own = own_cpu_seconds() - own0
-    other = max(0.0, (busy1 - busy0) / hz - own)
-    capacity = (total1 - total0) / hz
     meta.update({
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "command": " ".join([python_name(), "benchmarks/run.py", *(argv or sys.argv[1:])]),
         "elapsed_s": round(elapsed, 1),
+        "waited_s": round(bench.gate.total, 1),
         "loadavg_start": [round(x, 2) for x in load0],
-        "other_cpu_share": round(other / capacity, 3) if capacity > 0 else None,
+        "other_cpu_share": round(other, 3),
         "smoke": args.smoke,
     })
     sets = {k: {"title": s.title, "spec": s.spec, "numel": s.numel(), "tensors": len(s.shapes())}
@@ -275,6 +348,7 @@ def main(argv=None) -> int:
         "sweep": [p.key for p in bench.sweep],
         "peak_sets": [k for k in PEAK_SETS if any(p["set"] == k for p in peaks)],
         "times": bench.times,
+        "other_cpu_share": bench.other_share,
         "peak": peaks,
     }
     results["targets"] = report.targets(results)

@@ -1,6 +1,6 @@
 """Builds benchmarks/cpp against the installed tcltorch (as examples/cpp is
-built) and drives the program: one long-lived process answers timing jobs,
-so that C++ rows are timed interleaved with the Python rows."""
+built) and drives the program: one long-lived process holds the C++ rows, so
+that they are timed interleaved with the Python and Tcl rows."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .timing import Plan, Timing
 
 BENCH = Path(__file__).resolve().parents[1]
 SOURCE = BENCH / "cpp"
@@ -48,26 +47,44 @@ def build(build_dir: Path, log=print) -> Path:
 
 
 class Runner:
-    """A bench_step process reading jobs on stdin, one JSON line per job."""
+    """A `bench_step rows` process: holds parameter sets and optimizers by id
+    and times batches of steps on request."""
 
     def __init__(self, program: Path):
-        self.proc = subprocess.Popen([str(program), "jobs"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([str(program), "rows"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.next_id = 0
 
-    def job(self, kind: str, label: str, threads: int, plan: Plan, spec: str) -> dict:
-        self.proc.stdin.write(f"{kind} {label} {threads} {plan.reps} {plan.min_reps} "
-                              f"{plan.target_s * 1e3:.6g} {plan.budget_s * 1e3:.6g} {spec}\n")
+    def ask(self, line: str) -> dict:
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"bench_step exited ({self.proc.wait()}) on {kind} {spec}")
-        return json.loads(line)
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"bench_step exited ({self.proc.wait()}) on: {line}")
+        return json.loads(answer)
 
-    def time(self, kind: str, label: str, threads: int, plan: Plan, spec: str) -> Timing:
-        r = self.job(kind, label, threads, plan, spec)
-        return Timing(r["median_s"], r["batch"], r["samples"])
+    def open(self, kind: str, threads: int, spec: str) -> "CppRow":
+        self.next_id += 1
+        row = CppRow(self, f"r{self.next_id}")
+        self.ask(f"open {row.id} {kind} {threads} {spec}")
+        return row
 
     def close(self):
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
+
+
+class CppRow:
+    """One row timed in the C++ process (the C++ door or the floor)."""
+
+    process = "cpp"
+
+    def __init__(self, runner: Runner, row_id: str):
+        self.runner, self.id = runner, row_id
+
+    def run_batch(self, k: int) -> float:
+        return self.runner.ask(f"run {self.id} {k}")["s"]
+
+    def close(self):
+        self.runner.ask(f"close {self.id}")

@@ -3,44 +3,63 @@
 Every Adafactor row runs its own defaults, which are the same algorithm
 (torch.optim.Adafactor's, for ours: the core's default "torch" variant), or for
 transformers and timm the paper's variant, whose work per element is the same.
-To add a row, append an Impl to `python_impls()`: `make(params)` returns an
-object whose `step()` does one optimizer step.
+To add a row, add a builder to `_BUILDERS`: an Impl whose `make(params)`
+returns an optimizer (anything with `step()`).
 """
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from .timing import Plan, Timing, measure, measure_batched
+from .timing import Row
 
 # torch.finfo(torch.float32).eps: the core's default eps1 for float32, which
 # the Tcl command must be given explicitly (its default is transformers').
 FLOAT32_EPS = "1.1920928955078125e-07"
 
 
+class PyRow:
+    """Times `opt.step()` from Python."""
+
+    process = "python"
+
+    def __init__(self, opt):
+        self.opt = opt
+
+    def run_batch(self, k: int) -> float:
+        step = self.opt.step
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(k):
+                step()
+            return (time.perf_counter() - t0) / k
+
+    def close(self):
+        self.opt = None
+
+
 @dataclass
 class Impl:
     key: str
     label: str
-    kind: str  # "ours", "adafactor" (another Adafactor), "reference"
-    make: Optional[Callable] = None  # params -> object with .step()
+    kind: str  # "ours", "adafactor" (another Adafactor), "reference", "floor"
+    make: Optional[Callable] = None  # params -> optimizer (has .step())
     reason: str = ""  # why it is not available
-    # Optional: a timer of its own, (params, plan) -> Timing.
-    timer: Optional[Callable] = None
+    # Instead of make: params -> a Row of its own (the Tcl door).
+    opener: Optional[Callable] = None
+    # Timed by the C++ benchmark program (the C++ door, the floor).
+    external: bool = False
 
     @property
     def available(self) -> bool:
-        return self.make is not None or self.timer is not None
+        return self.make is not None or self.opener is not None or self.external
 
-    def time(self, params, plan: Plan) -> Timing:
-        if self.timer is not None:
-            return self.timer(params, plan)
-        opt = self.make(params)
-        with torch.no_grad():
-            return measure(opt.step, plan)
+    def open(self, params) -> Row:
+        return self.opener(params) if self.opener is not None else PyRow(self.make(params))
 
 
 def _reason(e: BaseException) -> str:
@@ -67,6 +86,7 @@ class TclDoor:
     with Tcl's own `time` command, so no Python runs between steps."""
 
     _TIME = re.compile(r"^\s*([0-9.eE+-]+) microseconds per iteration")
+    process = "python"  # Tcl runs in the Python process, through tkinter
 
     def __init__(self, params):
         from tcltorch.tcl import Interp
@@ -94,14 +114,6 @@ class TclDoor:
         self.interp.close()
 
 
-def _time_tcl(params, plan: Plan) -> Timing:
-    door = TclDoor(params)
-    try:
-        return measure_batched(door.run_batch, plan)
-    finally:
-        door.close()
-
-
 def _transformers() -> Impl:
     label = "transformers.optimization.Adafactor"
     try:
@@ -121,7 +133,7 @@ def _timm() -> Impl:
 
 
 def _tcl() -> Impl:
-    return Impl("tcl", "torch::optimizer_step (Tcl door)", "ours", timer=_time_tcl)
+    return Impl("tcl", "torch::optimizer_step (Tcl door)", "ours", opener=TclDoor)
 
 
 def _torch_loop() -> Impl:

@@ -8,7 +8,7 @@ from pathlib import Path
 from .sets import human
 
 SHORT = {
-    "cpp": "C++ door", "py_C": "_C (Python)", "py": "tcltorch.Adafactor", "tcl": "Tcl door",
+    "cpp": "C++ door", "py_C": "tcltorch._C", "py": "tcltorch.Adafactor", "tcl": "Tcl door",
     "torch_loop": "torch for-loop", "torch_foreach": "torch foreach",
     "transformers": "transformers", "timm": "timm", "adamw_fused": "AdamW fused",
     "floor": "floor",
@@ -54,13 +54,22 @@ class Lookup:
         r = self.t.get((set_key, threads, impl))
         return r["median_s"] if r else None
 
-    def spread(self, set_key, threads, impl):
-        """Half the interquartile range of the samples, in seconds."""
-        r = self.t.get((set_key, threads, impl))
-        if not r or len(r["samples"]) < 4:
-            return None
-        q = statistics.quantiles(r["samples"], n=4)
-        return (q[2] - q[0]) / 2
+    def paired_difference(self, set_key, threads, a, b):
+        """Median and spread (IQR/2) of the per-round differences a - b: the
+        rows of a set are sampled round-robin, so sample i of each comes from
+        the same round."""
+        ra, rb = self.t.get((set_key, threads, a)), self.t.get((set_key, threads, b))
+        if not ra or not rb:
+            return None, None
+        diffs = [x - y for x, y in zip(ra["samples"], rb["samples"])]
+        if len(diffs) < 4:
+            return statistics.median(diffs), None
+        q = statistics.quantiles(diffs, n=4)
+        return statistics.median(diffs), (q[2] - q[0]) / 2
+
+    def others(self, set_key, threads):
+        """The share of CPU time other processes took while the set was timed."""
+        return self.results.get("other_cpu_share", {}).get(f"{set_key}/{threads}")
 
     def label(self, impl):
         return self.impls[impl]["label"]
@@ -103,16 +112,14 @@ def targets(results) -> list[dict]:
                 threads, door, ratio(L.time("small", threads, "torch_loop"),
                                      L.time("small", threads, door)), ">=", 10, "x")
         for key in ("tiny", "small"):
-            tcl, c = L.time(key, threads, "tcl"), L.time(key, threads, "cpp")
-            value = None if tcl is None or c is None else (tcl - c) * 1e6
-            noise = [L.spread(key, threads, i) for i in ("tcl", "cpp")]
-            note, unresolved = "", False
-            if None not in noise:
-                # The two doors run in different processes: their difference
-                # is only resolved beyond the spread of their samples.
-                spread = max(noise) * 1e6
-                note = f"sample spread (IQR/2) {spread:.2f} us"
-                unresolved = value is not None and 5 < value <= 5 + 2 * spread
+            diff, spread = L.paired_difference(key, threads, "tcl", "cpp")
+            value = None if diff is None else diff * 1e6
+            note, unresolved = "median of per-round differences", False
+            if spread is not None:
+                # The difference is only resolved beyond the spread of the
+                # per-round differences.
+                note += f", spread (IQR/2) {spread * 1e6:.2f} us"
+                unresolved = value is not None and 5 < value <= 5 + 2 * spread * 1e6
             add("tcl_overhead", f"{key}: Tcl door - C++ door, per call", threads, "tcl",
                 value, "<=", 5, "us", note)
             if unresolved:
@@ -178,20 +185,27 @@ def main_table(results, threads) -> list[list[str]]:
             ratio = f" ({t / ref:5.2f}x)" if t is not None and ref else ""
             cells.append(fmt_time(t) + ratio if t is not None else "-")
         rows.append(cells)
+    rows.append(["(CPU time other processes took meanwhile)"]
+                + [fmt_share(L.others(k, threads)) for k in sets])
     return rows
+
+
+def fmt_share(x) -> str:
+    return "?" if x is None else f"{100 * x:.0f} %"
 
 
 def sweep_table(results, threads) -> list[list[str]]:
     L = Lookup(results)
     keys = [i["key"] for i in results["impls"] if i["available"] and i["key"] != "tcl"
             and any(L.time(s, threads, i["key"]) for s in results["sweep"])]
-    rows = [["params"] + [SHORT[k] for k in keys] + ["C++/floor", "floor GB/s"]]
+    rows = [["params"] + [SHORT[k] for k in keys] + ["C++/floor", "floor GB/s", "others' CPU"]]
     for s in results["sweep"]:
         cells = [human(results["sets"][s]["numel"])]
         cells += [fmt_time(L.time(s, threads, k)) for k in keys]
         c, f = L.time(s, threads, "cpp"), L.time(s, threads, "floor")
         cells.append(f"{c / f:.2f}x" if c and f else "-")
         cells.append(f"{20 * results['sets'][s]['numel'] / f / 1e9:.1f}" if f else "-")
+        cells.append(fmt_share(L.others(s, threads)))
         rows.append(cells)
     return rows
 
@@ -239,13 +253,24 @@ def tables(results) -> str:
         out += _grid(memory_table(results, set_key))
     out += ["", "Targets"]
     out += _grid(targets_table(results))
-    share = m.get("other_cpu_share")
-    out += ["", f"Run took {m['elapsed_s']:.0f} s; other processes used "
-            f"{'?' if share is None else f'{100 * share:.0f} %'} of the machine's CPU time "
-            "meanwhile."]
-    if share is not None and share > 0.1:
-        out.append("WARNING: the machine was busy during the run; figures are unreliable.")
+    out += ["", run_summary(results)]
+    busy = disturbed(results)
+    if busy:
+        out.append("WARNING: other processes took over 10% of the CPU while timing "
+                   + ", ".join(busy) + ": those figures are unreliable.")
     return "\n".join(out)
+
+
+def run_summary(results) -> str:
+    m = results["meta"]
+    return (f"Run took {m['elapsed_s']:.0f} s (of which {m.get('waited_s', 0):.0f} s waiting "
+            f"for a quiet machine); other processes took {fmt_share(m.get('other_cpu_share'))} "
+            "of the machine's CPU time meanwhile.")
+
+
+def disturbed(results) -> list[str]:
+    return [f"{k.replace('/', ' at ')} thread(s) ({100 * v:.0f} %)"
+            for k, v in results.get("other_cpu_share", {}).items() if v > 0.1]
 
 
 # ------------------------------------------------------------------ plots
@@ -370,7 +395,6 @@ def write_docs(results, docs_dir: Path) -> Path:
     m = results["meta"]
     L = Lookup(results)
     t0 = results["threads"][0]
-    share = m.get("other_cpu_share")
     lines = [
         "# Performance",
         "",
@@ -388,13 +412,12 @@ def write_docs(results, docs_dir: Path) -> Path:
         f"- torch {m['torch']} ({m['aten_parallel']}), tcltorch {m['tcltorch']} "
         f"(fused loops: {m['tcltorch_cpu_capability']}), transformers {m.get('transformers')}, "
         f"Python {m['python']}",
-        f"- command: `{m['command']}`, {m['elapsed_s']:.0f} s; load average at start "
-        f"{m['loadavg_start'][0]}; other processes used "
-        f"{'?' if share is None else f'{100 * share:.0f} %'} of the CPU time during the run",
+        f"- command: `{m['command']}`. " + run_summary(results),
         "",
         "## Targets",
         "",
-        f"Checked at {t0} threads (the machine's cores); the same ratios at "
+        f"Checked at {t0} thread(s)"
+        + (" (all the machine's cores)" if t0 == m["cores"] else "") + "; the same ratios at "
         + ", ".join(str(t) for t in results["threads"][1:]) + " thread(s) follow.",
         "",
     ]
@@ -403,6 +426,12 @@ def write_docs(results, docs_dir: Path) -> Path:
         lines += ["", f"At {th} thread(s):", ""]
         rows = targets_table(results, th)
         lines += _md(rows[:1] + [r for r in rows[1:] if r[1] != "-"])
+    busy = disturbed(results)
+    if busy:
+        lines = lines[:lines.index("## Targets")] + [
+            "**Warning:** other processes took over 10 % of the CPU while timing "
+            + ", ".join(busy) + "; those figures are unreliable.", ""] + lines[
+            lines.index("## Targets"):]
     lines += ["", "## Step time", ""]
     for th in results["threads"]:
         lines += [f"Median time of one step, {th} thread(s), and its ratio to the C++ door:", ""]
@@ -439,13 +468,21 @@ def write_docs(results, docs_dir: Path) -> Path:
             lines += [f"![peak added memory](performance/{files['peak_memory']})", ""]
     unavailable = [i for i in results["impls"] if not i["available"]]
     lines += ["## Method", "",
-              "- **Timing.** Every row is timed the same way (`benchmarks/bench/timing.py`, "
-              "and its copy in `benchmarks/cpp/bench_step.cpp`): two warm-up steps (the first "
-              "creates the state), a batch of K steps sized to take about 10 ms, then up to "
-              "15 samples of one batch each (rows slower than 0.1 s per step: fewer, at "
-              "least 5); a sample is the mean step time in its batch; the table shows the "
-              "median sample. Each row gets fresh copies of the same parameters and "
-              "gradients; gradients stay fixed between steps.",
+              "- **Timing.** Every row is timed the same way (`benchmarks/bench/timing.py`): "
+              "batches of K steps, timed where the steps run (`time.perf_counter` around a "
+              "loop of `opt.step()` in Python, Tcl's `time` command, `std::chrono` in C++). "
+              "Each row takes a warm-up step (it creates the state) and a timed step that "
+              "sizes its batch to about 10 ms; then the rows of a parameter set take their "
+              "samples round-robin, one batch per row per round, up to 15 samples (rows "
+              "slower than 0.1 s per step: fewer, at least 5). A sample is the mean step "
+              "time of its batch; the tables show the median sample. Interleaving spreads "
+              "disturbances from other processes over all rows, and pairs the samples of a "
+              "round: the Tcl door's overhead over the C++ door is the median of the "
+              "per-round differences. Where the next batch runs in another process (the "
+              "C++ rows run in their own), the run first pauses 20 ms: OpenMP's idle "
+              "threads spin for milliseconds after a parallel region, and would take the "
+              "cores from the other process's next steps. Each row gets its own copy of the "
+              "same parameters and gradients; gradients stay fixed between steps.",
               "- **Same algorithm.** Every Adafactor runs its defaults: tcltorch's core and "
               "`torch.optim.Adafactor` compute the same thing (lr 1e-2, relative step, "
               "`beta2_decay` -0.8, eps1 = finfo(float32).eps, eps2 = 1e-3, d = 1); "
@@ -481,9 +518,13 @@ def write_docs(results, docs_dir: Path) -> Path:
               "VmHWM minus the RSS before it. `MALLOC_MMAP_THRESHOLD_=65536` makes glibc "
               "return freed blocks to the system, so temporaries freed by the warm-up step "
               "cannot be reused unseen by the measured one.",
-              "- **Noise.** The machine may run other work; the run reports the share of CPU "
-              "time other processes used meanwhile (above). Two threads on two cores are "
-              "sensitive to it: a busy core stalls every barrier of a parallel loop.",
+              "- **Noise.** The machine may run other work. Before each parameter set the "
+              "run waits until other processes take under 10 % of the CPU (at most 60 s "
+              "in all: `--wait-quiet`), and it reports the share of CPU time they took "
+              "while each set was timed (the last row of the step-time tables, the last "
+              "column of the sweep). Two threads on two cores are the most sensitive: a "
+              "busy core stalls every barrier of a parallel loop, and a step's time can "
+              "jump several-fold.",
               ]
     for i in unavailable:
         lines.append(f"- **{i['label']}**: not available in this run ({i['reason']}).")

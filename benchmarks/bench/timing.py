@@ -1,19 +1,41 @@
-"""One timing method for every row (benchmarks/cpp/bench_step.cpp does the
-same in C++):
+"""One timing method for every row, whichever door it goes through.
 
-1. one warm-up step: it creates the optimizer state;
-2. one timed step, which sizes the batch: K steps take about `target_s`;
-3. samples of K steps each: `reps` of them, or fewer for slow rows (as many as
-   fit in `budget_s`, but at least `min_reps`).
+A row is anything with `run_batch(k)`: it takes k optimizer steps and returns
+the mean seconds per step, timed where the steps run (Python's perf_counter
+around a loop of `opt.step()`, Tcl's `time` command, std::chrono in
+benchmarks/cpp/bench_step.cpp). The rows of one parameter set are timed
+together, round-robin:
 
-A sample is the mean time of one step in its batch; the result is the median
-of the samples."""
+1. each row takes one warm-up step (it creates the optimizer state) and one
+   timed step, which sizes its batch: K steps take about `target_s`;
+2. then rounds: in each round every row takes one sample, a batch of K steps;
+   a row takes `reps` samples, or fewer if it is slow (as many as fit in
+   `budget_s`, but at least `min_reps`).
+
+A sample is the mean time of one step in its batch; a row's result is the
+median of its samples. Where the next batch runs in another process than the
+last one (the C++ rows run in their own), the run first pauses `settle_s`:
+OpenMP's idle threads spin for several milliseconds after a parallel region
+before they sleep, and the spinning threads of one process would take the
+cores from the next process's first steps (measured here: the floor at 2
+threads 14.9 ms right after a Python row, 7.9 ms after a 10 ms pause). Interleaving the rows spreads any disturbance from
+other processes over all of them, instead of hitting whichever row ran at the
+time; and samples of the same round are paired, so that the difference of two
+rows (the Tcl door's call overhead over the C++ door's) is the median of
+per-round differences.
+"""
 from __future__ import annotations
 
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
+
+
+class Row(Protocol):
+    process: str  # which process runs the steps
+
+    def run_batch(self, k: int) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -22,6 +44,7 @@ class Plan:
     min_reps: int = 5       # samples, at least
     target_s: float = 0.01  # duration of one sample (a batch of K steps)
     budget_s: float = 1.5   # time for all samples of a slow row
+    settle_s: float = 0.02  # pause before a batch in another process
 
 
 @dataclass
@@ -41,21 +64,24 @@ def batch_and_reps(one_step_s: float, plan: Plan) -> tuple[int, int]:
     return k, reps
 
 
-def measure_batched(run_batch: Callable[[int], float], plan: Plan) -> Timing:
-    """`run_batch(k)` does k steps and returns the mean seconds per step."""
-    run_batch(1)
-    k, reps = batch_and_reps(run_batch(1), plan)
-    samples = [run_batch(k) for _ in range(reps)]
-    return Timing(statistics.median(samples), k, samples)
+def measure_rows(rows: dict[str, Row], plan: Plan) -> dict[str, Timing]:
+    """Times the rows round-robin; returns a Timing per row."""
+    last = [None]
 
+    def run(row: Row, k: int) -> float:
+        if last[0] is not None and last[0] != row.process:
+            time.sleep(plan.settle_s)
+        last[0] = row.process
+        return row.run_batch(k)
 
-def measure(step: Callable[[], object], plan: Plan) -> Timing:
-    """Times `step()` from Python."""
-
-    def run_batch(k: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(k):
-            step()
-        return (time.perf_counter() - t0) / k
-
-    return measure_batched(run_batch, plan)
+    sizes = {}
+    for key, row in rows.items():
+        run(row, 1)  # creates the state
+        sizes[key] = batch_and_reps(run(row, 1), plan)
+    samples: dict[str, list[float]] = {key: [] for key in rows}
+    for r in range(max((reps for _, reps in sizes.values()), default=0)):
+        for key, row in rows.items():
+            k, reps = sizes[key]
+            if r < reps:
+                samples[key].append(run(row, k))
+    return {key: Timing(statistics.median(s), sizes[key][0], s) for key, s in samples.items()}

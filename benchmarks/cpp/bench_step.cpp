@@ -1,21 +1,20 @@
 // The C++ side of benchmarks/run.py.
 //
-//   bench_step jobs        reads jobs from stdin, one a line, prints one JSON
-//                          object a line:
-//     time  <label> <threads> <reps> <min_reps> <target_ms> <budget_ms> <spec>
-//           median time of tcltorch::Adafactor::step() (default options)
-//     floor <label> <threads> <reps> <min_reps> <target_ms> <budget_ms> <spec>
-//           median time of the memory-bandwidth floor on the same tensors
+//   bench_step rows        reads commands from stdin, one a line, and answers
+//                          each with one line of JSON:
+//     open <id> time|floor <threads> <spec>
+//           makes the parameter set and, for `time`, a tcltorch::Adafactor
+//           with default options (for `floor`: the bandwidth floor below)
+//     run <id> <k>         k steps; answers {"s": mean seconds per step}
+//     close <id>
 //   bench_step peak <spec> peak resident memory one step adds (fresh process)
 //
 // <spec> is a parameter set: items joined by '+', each COUNT*D0xD1x..., e.g.
 // "4*2048x2048+8*2048". Parameters and gradients are float32 randn.
 //
-// Timing, as benchmarks/bench/timing.py does for the Python and Tcl rows: one
-// warm-up step (it creates the state); one timed step, which sizes the batch
-// (K steps take about target_ms); then <reps> samples of K steps, or fewer
-// for slow rows (as many as fit in budget_ms, at least <min_reps>). A sample
-// is the mean time of one step in its batch, the result their median.
+// run.py times every door the same way (benchmarks/bench/timing.py): batches
+// of steps, timed where they run (here with std::chrono), interleaved with
+// the other rows of the same parameter set.
 #include <ATen/Parallel.h>
 #include <tcltorch/adafactor.h>
 #include <torch/torch.h>
@@ -28,6 +27,8 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -75,40 +76,6 @@ int64_t numel_of(const std::vector<torch::Tensor>& params) {
   int64_t n = 0;
   for (const auto& p : params) n += p.numel();
   return n;
-}
-
-// ------------------------------------------------------------ timing
-struct Timing {
-  double median = 0;
-  int64_t batch = 1;
-  std::vector<double> samples;
-};
-
-struct Plan {
-  int reps = 15, min_reps = 5;
-  double target_s = 0.01, budget_s = 1.5;
-};
-
-template <class F>
-Timing measure(F&& step, const Plan& plan) {
-  auto run_batch = [&](int64_t k) {
-    const auto t0 = Clock::now();
-    for (int64_t i = 0; i < k; ++i) step();
-    return std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(k);
-  };
-  run_batch(1);  // creates the state
-  const double one = std::max(run_batch(1), 1e-9);
-  Timing r;
-  r.batch = std::clamp<int64_t>(std::llround(plan.target_s / one), 1, 1000000);
-  const int reps = std::max(
-      plan.min_reps,
-      static_cast<int>(std::min<double>(plan.reps, plan.budget_s / (r.batch * one))));
-  for (int rep = 0; rep < reps; ++rep) r.samples.push_back(run_batch(r.batch));
-  auto sorted = r.samples;
-  std::sort(sorted.begin(), sorted.end());
-  const auto n = sorted.size();
-  r.median = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
-  return r;
 }
 
 // ------------------------------------------------------------ bandwidth floor
@@ -215,53 +182,66 @@ int64_t state_bytes(tcltorch::Adafactor& opt) {
   return bytes;
 }
 
-// ------------------------------------------------------------ JSON
-std::string json_samples(const std::vector<double>& v) {
-  std::ostringstream o;
-  o.precision(9);
-  o << "[";
-  for (size_t i = 0; i < v.size(); ++i) o << (i ? "," : "") << v[i];
-  o << "]";
-  return o.str();
+// ------------------------------------------------------------ rows
+struct RowState {
+  std::vector<torch::Tensor> params;
+  std::unique_ptr<tcltorch::Adafactor> optimizer;  // null: the floor
+};
+
+double run_batch(RowState& row, int64_t k) {
+  torch::NoGradGuard no_grad;
+  const auto t0 = Clock::now();
+  if (row.optimizer) {
+    for (int64_t i = 0; i < k; ++i) row.optimizer->step();
+  } else {
+    for (int64_t i = 0; i < k; ++i) floor_step(row.params);
+  }
+  return std::chrono::duration<double>(Clock::now() - t0).count() / static_cast<double>(k);
 }
 
-int run_jobs() {
+int run_rows() {
+  std::map<std::string, RowState> rows;
   std::string line;
   while (std::getline(std::cin, line)) {
     if (line.empty()) continue;
     std::istringstream in(line);
-    std::string kind, label, spec;
-    int threads = 0;
-    Plan plan;
-    double target_ms = 0, budget_ms = 0;
-    in >> kind >> label >> threads >> plan.reps >> plan.min_reps >> target_ms >> budget_ms >>
-        spec;
-    plan.target_s = target_ms * 1e-3;
-    plan.budget_s = budget_ms * 1e-3;
-    if (!in || (kind != "time" && kind != "floor")) {
-      std::cerr << "bench_step: bad job: " << line << "\n";
+    std::string cmd, id;
+    in >> cmd >> id;
+    std::ostringstream out;
+    out.precision(9);
+    if (cmd == "open") {
+      std::string kind, spec;
+      int threads = 0;
+      in >> kind >> threads >> spec;
+      if (!in || (kind != "time" && kind != "floor")) {
+        std::cerr << "bench_step: bad command: " << line << "\n";
+        return 2;
+      }
+      at::set_num_threads(threads);
+      RowState row;
+      row.params = make_params(spec);
+      if (kind == "time") row.optimizer = std::make_unique<tcltorch::Adafactor>(row.params);
+      out << "{\"id\":\"" << id << "\",\"threads\":" << at::get_num_threads()
+          << ",\"numel\":" << numel_of(row.params) << ",\"tensors\":" << row.params.size()
+          << "}";
+      rows[id] = std::move(row);
+    } else if (cmd == "run") {
+      int64_t k = 0;
+      in >> k;
+      auto it = rows.find(id);
+      if (!in || k < 1 || it == rows.end()) {
+        std::cerr << "bench_step: bad command: " << line << "\n";
+        return 2;
+      }
+      out << "{\"s\":" << run_batch(it->second, k) << "}";
+    } else if (cmd == "close") {
+      rows.erase(id);
+      out << "{\"closed\":\"" << id << "\"}";
+    } else {
+      std::cerr << "bench_step: bad command: " << line << "\n";
       return 2;
     }
-    at::set_num_threads(threads);
-    auto params = make_params(spec);
-    Timing t;
-    if (kind == "time") {
-      tcltorch::Adafactor opt(params);
-      t = measure([&] { opt.step(); }, plan);
-    } else {
-      torch::NoGradGuard no_grad;
-      t = measure([&] { floor_step(params); }, plan);
-    }
-    const int64_t n = numel_of(params);
-    std::ostringstream o;
-    o.precision(9);
-    o << "{\"kind\":\"" << kind << "\",\"label\":\"" << label << "\",\"threads\":"
-      << at::get_num_threads() << ",\"numel\":" << n << ",\"tensors\":" << params.size()
-      << ",\"median_s\":" << t.median << ",\"batch\":" << t.batch
-      << ",\"samples\":" << json_samples(t.samples);
-    if (kind == "floor") o << ",\"bytes\":" << 5 * 4 * n;
-    o << "}";
-    std::cout << o.str() << std::endl;
+    std::cout << out.str() << std::endl;
   }
   return 0;
 }
@@ -291,9 +271,9 @@ int run_peak(const std::string& spec) {
 int main(int argc, char** argv) {
   try {
     const std::string mode = argc > 1 ? argv[1] : "";
-    if (mode == "jobs" && argc == 2) return run_jobs();
+    if (mode == "rows" && argc == 2) return run_rows();
     if (mode == "peak" && argc == 3) return run_peak(argv[2]);
-    std::cerr << "usage: bench_step jobs < jobs | bench_step peak SPEC\n";
+    std::cerr << "usage: bench_step rows < commands | bench_step peak SPEC\n";
     return 2;
   } catch (const std::exception& e) {
     std::cerr << "bench_step: " << e.what() << "\n";
