@@ -105,16 +105,16 @@ T lerp(T self, T end, T weight) {
   return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
 }
 
-// Between passes 1 and 2 of a factored parameter: the running row and column
-// statistics, their normaliser, and the factors R and C the loops multiply by.
+// Between passes 1 and 2 of a factored parameter, for the leading indices
+// [o0, o1): the running row and column statistics, their normaliser, and the
+// ratios row / mean_rows(row) and the column statistic, written into R and C.
 // `rows_total` is the length of the row dimension over all shards; `reduce`,
-// if set, sums the normaliser's partial sums over the shards.
+// if set (one range over all of O), sums the normaliser's partial sums over
+// the shards. Returns whether torch's floor V >= eps1^2 can bite here.
 template <class T, class S>
-void prepare_factors(Job& job, AdafactorParamState& state,
-                     const std::vector<double>& col_sums, std::int64_t rows_total,
-                     const ReduceFn* reduce, std::vector<T>& R, std::vector<T>& C) {
-  const std::int64_t rows = job.O * job.n * job.K * job.L;
-  const std::int64_t cols = job.O * job.K * job.m * job.L;
+bool prepare_range(const Job& job, AdafactorParamState& state,
+                   const std::vector<double>& col_sums, std::int64_t rows_total,
+                   const ReduceFn* reduce, T* R, T* C, std::int64_t o0, std::int64_t o1) {
   S* row = static_cast<S*>(state.row_var().data_ptr());
   S* col = static_cast<S*>(state.col_var().data_ptr());
   const T w = static_cast<T>(job.lerp_weight);
@@ -124,8 +124,13 @@ void prepare_factors(Job& job, AdafactorParamState& state,
     const T old = get<T>(stat, idx);
     put<T>(stat, idx, job.torch_variant ? lerp(old, mean, w) : old * b2 + mean * ob2);
   };
-  for (std::int64_t r = 0; r < rows; ++r) advance(row, r, job.row_sums[r], job.m);
-  for (std::int64_t c = 0; c < cols; ++c) advance(col, c, col_sums[c], rows_total);
+  const std::int64_t rows_per_o = job.n * job.K * job.L, cols_per_o = job.K * job.m * job.L;
+  for (std::int64_t r = o0 * rows_per_o; r < o1 * rows_per_o; ++r) {
+    advance(row, r, job.row_sums[r], job.m);
+  }
+  for (std::int64_t c = o0 * cols_per_o; c < o1 * cols_per_o; ++c) {
+    advance(col, c, col_sums[c], rows_total);
+  }
 
   // Per (o, k, l): the mean over rows of the row statistic.
   auto row_at = [&](std::int64_t o, std::int64_t i, std::int64_t k, std::int64_t l) {
@@ -134,11 +139,12 @@ void prepare_factors(Job& job, AdafactorParamState& state,
   auto col_at = [&](std::int64_t o, std::int64_t j, std::int64_t k, std::int64_t l) {
     return ((o * job.K + k) * job.m + j) * job.L + l;
   };
-  std::vector<double> sums(job.O * job.K * job.L, 0.0);
-  for (std::int64_t o = 0; o < job.O; ++o) {
+  const std::int64_t groups_per_o = job.K * job.L;
+  std::vector<double> sums((o1 - o0) * groups_per_o, 0.0);
+  for (std::int64_t o = o0; o < o1; ++o) {
     for (std::int64_t k = 0; k < job.K; ++k) {
       for (std::int64_t l = 0; l < job.L; ++l) {
-        double& sum = sums[(o * job.K + k) * job.L + l];
+        double& sum = sums[((o - o0) * job.K + k) * job.L + l];
         for (std::int64_t i = 0; i < job.n; ++i) {
           sum += static_cast<double>(get<T>(row, row_at(o, i, k, l)));
         }
@@ -147,15 +153,14 @@ void prepare_factors(Job& job, AdafactorParamState& state,
   }
   if (reduce) (*reduce)(sums.data(), sums.size());
 
-  R.resize(rows);
-  C.resize(cols);
   const T eps1 = static_cast<T>(job.eps1);
   const T inf = std::numeric_limits<T>::infinity();
   bool clamp = false;
-  for (std::int64_t o = 0; o < job.O; ++o) {
+  for (std::int64_t o = o0; o < o1; ++o) {
     for (std::int64_t k = 0; k < job.K; ++k) {
       for (std::int64_t l = 0; l < job.L; ++l) {
-        T mean = static_cast<T>(sums[(o * job.K + k) * job.L + l]) / static_cast<T>(rows_total);
+        T mean = static_cast<T>(sums[((o - o0) * job.K + k) * job.L + l]) /
+                 static_cast<T>(rows_total);
         if (job.torch_variant && mean < eps1) mean = eps1;
         T min_ratio = inf, min_col = inf;
         for (std::int64_t i = 0; i < job.n; ++i) {
@@ -174,10 +179,44 @@ void prepare_factors(Job& job, AdafactorParamState& state,
       }
     }
   }
+  return clamp;
+}
+
+// All of prepare_range, then R and C become the factors rsqrt(ratio) and
+// rsqrt(col) unless some V may be floored. With blocks that own their
+// leading indices, the blocks' ranges are prepared in parallel.
+template <class T, class S>
+void prepare_factors(Job& job, AdafactorParamState& state,
+                     const std::vector<double>& col_sums, std::int64_t rows_total,
+                     const ReduceFn* reduce, std::vector<T>& R, std::vector<T>& C) {
+  R.resize(job.O * job.n * job.K * job.L);
+  C.resize(job.O * job.K * job.m * job.L);
+  bool clamp = false;
+  if (job.cols_owned && !reduce) {
+    const std::int64_t o_per_block = job.block_size / (job.n * job.K);
+    std::vector<char> clamps(job.blocks, 0);
+    at::parallel_for(0, job.blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const std::int64_t o0 = b * o_per_block, o1 = std::min(job.O, o0 + o_per_block);
+        clamps[b] = prepare_range<T, S>(job, state, col_sums, rows_total, nullptr, R.data(),
+                                        C.data(), o0, o1);
+      }
+    });
+    for (char c : clamps) clamp = clamp || c;
+  } else {
+    clamp = prepare_range<T, S>(job, state, col_sums, rows_total, reduce, R.data(), C.data(),
+                                0, job.O);
+  }
   job.clamp = clamp;
   if (!clamp) {
-    for (auto& r : R) r = T(1) / std::sqrt(r);
-    for (auto& c : C) c = T(1) / std::sqrt(c);
+    at::parallel_for(0, static_cast<std::int64_t>(R.size()), 1 << 16,
+                     [&](std::int64_t i0, std::int64_t i1) {
+                       for (auto i = i0; i < i1; ++i) R[i] = T(1) / std::sqrt(R[i]);
+                     });
+    at::parallel_for(0, static_cast<std::int64_t>(C.size()), 1 << 16,
+                     [&](std::int64_t i0, std::int64_t i1) {
+                       for (auto i = i0; i < i1; ++i) C[i] = T(1) / std::sqrt(C[i]);
+                     });
   }
   job.row_factor = R.data();
   job.col_factor = C.data();
@@ -263,15 +302,23 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     // shard may be empty: no blocks, but it still takes part in the sums.
     const std::int64_t want =
         std::min(std::clamp<std::int64_t>(job.numel / 32768, 1, 16), std::max<std::int64_t>(units, 1));
-    job.block_size = std::max<std::int64_t>((units + want - 1) / want, 1);
+    // With enough leading indices (conv weights: [out, in, kh, kw]), blocks
+    // take whole ones and own their columns: no per-block copies of them.
+    job.cols_owned = job.O > 1 && job.O >= want;
+    if (job.cols_owned) {
+      job.block_size = ((job.O + want - 1) / want) * job.n * job.K;
+    } else {
+      job.block_size = std::max<std::int64_t>((units + want - 1) / want, 1);
+    }
     job.blocks = (units + job.block_size - 1) / job.block_size;
     row_sums.resize(units * job.L);
-    col_partials.resize(job.blocks * cols);
+    const std::int64_t col_copies = job.cols_owned ? 1 : job.blocks;
+    col_partials.resize(col_copies * cols);
     if (job.param_dtype == Dtype::F64) {
-      col_scratch_d.resize(job.blocks * cols);
+      col_scratch_d.resize(col_copies * cols);
       job.col_scratch = col_scratch_d.data();
     } else {
-      col_scratch_f.resize(job.blocks * cols);
+      col_scratch_f.resize(col_copies * cols);
       job.col_scratch = col_scratch_f.data();
     }
     param_sq.resize(job.blocks);
@@ -284,7 +331,7 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     run_pass(job, Pass::F1);
     // Column sums, then the sum of param^2 in the last slot.
     col_sums.assign(cols + 1, 0.0);
-    for (std::int64_t blk = 0; blk < job.blocks; ++blk) {
+    for (std::int64_t blk = 0; blk < col_copies && job.blocks > 0; ++blk) {
       const double* part = col_partials.data() + blk * cols;
       for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
     }

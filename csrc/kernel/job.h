@@ -60,7 +60,11 @@ struct Job {
 
   // Scratch owned by the caller.
   double* row_sums = nullptr;      // [O*n*K*L]
-  double* col_partials = nullptr;  // [blocks][O*K*m*L]
+  // Column sums per block ([blocks][O*K*m*L]), or, when blocks are cut at
+  // leading-index boundaries (cols_owned), one array whose disjoint ranges
+  // the blocks own.
+  bool cols_owned = false;
+  double* col_partials = nullptr;
   void* col_scratch = nullptr;     // [blocks][O*K*m*L], compute type
   double* param_sq = nullptr;      // [blocks]
   double* update_sq = nullptr;     // [blocks]

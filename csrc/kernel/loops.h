@@ -193,18 +193,27 @@ struct Factored {
   // then added into double in a fixed order.
   void pass1(i64 block) const {
     const i64 cols = job.O * job.K * job.m * job.L;
-    double* colp = job.col_partials + block * cols;
-    T* colf = static_cast<T*>(job.col_scratch) + block * cols;
-    for (i64 c = 0; c < cols; ++c) colp[c] = 0;
-    for (i64 c = 0; c < cols; ++c) colf[c] = 0;
+    const i64 units = job.O * job.n * job.K;
+    const i64 u0 = block * job.block_size;
+    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
+    double* colp = job.col_partials;
+    T* colf = static_cast<T*>(job.col_scratch);
+    i64 c0 = 0, c1 = cols;  // the columns this block writes
+    if (job.cols_owned) {
+      const i64 per_o = job.n * job.K, col_per_o = job.K * job.m * job.L;
+      c0 = (u0 / per_o) * col_per_o;
+      c1 = ((u1 + per_o - 1) / per_o) * col_per_o;
+    } else {
+      colp += block * cols;
+      colf += block * cols;
+    }
+    for (i64 c = c0; c < c1; ++c) colp[c] = 0;
+    for (i64 c = c0; c < c1; ++c) colf[c] = 0;
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const T s = sign();
     const P* g = grad();
     const P* p = param();
     double psq_total = 0;
-    const i64 units = job.O * job.n * job.K;
-    const i64 u0 = block * job.block_size;
-    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
     // Columns touched since colf was last added into colp.
     i64 lo = cols, hi = 0, pending = 0;
     auto flush = [&] {
