@@ -41,6 +41,13 @@ def init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def finish() -> None:
+    # Leave together: a rank that tears its process group down while the
+    # other still works on its own can abort in gloo's shutdown.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def ddp(rank: int, world: int, port: int, out_dir: str) -> None:
     init(rank, world, port)
     options = {"lr": 0.02, "beta1": 0.9, "weight_decay": 0.01}
@@ -55,7 +62,7 @@ def ddp(rank: int, world: int, port: int, out_dir: str) -> None:
     if rank == 0:
         torch.save({"ddp": [p.detach() for p in model.parameters()],
                     "single": train_single(options)}, Path(out_dir) / "result.pt")
-    dist.destroy_process_group()
+    finish()
 
 
 def zero(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -87,7 +94,7 @@ def zero(rank: int, world: int, port: int, out_dir: str) -> None:
     if rank == 0:
         torch.save({"zero": [p.detach() for p in model.parameters()],
                     "single": train_single(options, 2 * STEPS)}, Path(out_dir) / "result.pt")
-    dist.destroy_process_group()
+    finish()
 
 
 # ---------------------------------------------------------------- RPC
@@ -150,7 +157,7 @@ def fsdp1_refused(rank: int, world: int, port: int, out_dir: str) -> None:
             messages.append(str(e))
     if rank == 0:
         (Path(out_dir) / "message.txt").write_text("\n".join(messages))
-    dist.destroy_process_group()
+    finish()
 
 
 # ---------------------------------------------------------------- FSDP2
@@ -220,7 +227,7 @@ def fsdp2(rank: int, world: int, port: int, out_dir: str) -> None:
                     "state_shapes": shapes, "stock": stock_result,
                     "stock_single": [p.detach() for p in stock_single.parameters()]},
                    Path(out_dir) / "result.pt")
-    dist.destroy_process_group()
+    finish()
 
 
 def dcp_checkpoints(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -292,4 +299,4 @@ def dcp_checkpoints(rank: int, world: int, port: int, out_dir: str) -> None:
             results[name] = [p.detach() for p in single.parameters()]
         results["state_keys"] = sorted(next(iter(loaded["optim"]["state"].values())).keys())
         torch.save(results, out / "result.pt")
-    dist.destroy_process_group()
+    finish()
