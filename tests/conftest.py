@@ -31,6 +31,19 @@ def tclsh_env() -> dict[str, str]:
     return env
 
 
+# A Tcl proc reading this process's resident memory (VmRSS, KiB), for
+# scripts that measure growth.
+RSS_PROC = r"""
+proc rss_kib {} {
+    set f [open /proc/self/status]
+    set status [read $f]
+    close $f
+    regexp {VmRSS:\s+(\d+)} $status -> kib
+    return $kib
+}
+"""
+
+
 def run_tclsh(script: str | None = None, *args: str, file: Path | None = None,
               timeout: float = 120) -> subprocess.CompletedProcess:
     """Runs a script in a plain tclsh process (a crash cannot take pytest down)."""

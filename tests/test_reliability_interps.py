@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from conftest import run_tclsh
+from conftest import RSS_PROC, run_tclsh
 from tcltorch.tcl import Interp, TclError
 
 MIB = 1024
@@ -24,16 +24,6 @@ BIG_KIB = BIG_ELEMENTS * 4 // 1024
 # After deleting the interpreter that held the big tensor, resident memory
 # must be within this of where it was before the tensor was made.
 FREED_SLACK_KIB = 20 * MIB
-
-RSS_PROC = r"""
-proc rss_kib {} {
-    set f [open /proc/self/status]
-    set status [read $f]
-    close $f
-    regexp {VmRSS:\s+(\d+)} $status -> kib
-    return $kib
-}
-"""
 
 
 def rss_kib() -> int:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import run_tclsh, tclsh_env
+from conftest import RSS_PROC, run_tclsh, tclsh_env
 
 MIB = 1024
 # Allowed growth of VmRSS between the end of the warm-up and the end of the
@@ -31,16 +31,6 @@ CHILD_INTERPS = 200
 WARMUP_INTERPS = 20
 HARNESS_INTERPS = 200
 WARMUP_HARNESS = 20
-
-RSS_PROC = r"""
-proc rss_kib {} {
-    set f [open /proc/self/status]
-    set status [read $f]
-    close $f
-    regexp {VmRSS:\s+(\d+)} $status -> kib
-    return $kib
-}
-"""
 
 
 def numbers(out: str, prefix: str) -> list[int]:

@@ -45,8 +45,10 @@ class Interp:
         try:
             return self._tk.call(*args)
         except tkinter.TclError as e:
-            code = self._tk.splitlist(self._tk.eval("set ::errorCode"))
-            raise TclError(str(e), tuple(code)) from None
+            raise self._error(e) from None
+
+    def _error(self, e: tkinter.TclError) -> TclError:
+        return TclError(str(e), tuple(self._tk.splitlist(self._tk.eval("set ::errorCode"))))
 
     def eval(self, script: str) -> str:
         """Evaluates a script; returns its result as a string. Raises
@@ -54,8 +56,7 @@ class Interp:
         try:
             return self._tk.eval(script)
         except tkinter.TclError as e:
-            code = self._tk.splitlist(self._tk.eval("set ::errorCode"))
-            raise TclError(str(e), tuple(code)) from None
+            raise self._error(e) from None
 
     def call(self, *args):
         """Calls a command with each argument passed as one word (no
