@@ -277,11 +277,9 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   job.exp_avg = state.exp_avg().defined() ? state.exp_avg().data_ptr() : nullptr;
 
   std::vector<double> row_sums, col_partials, param_sq, update_sq, col_sums;
-  std::vector<float> Rf, Cf, col_scratch_f;
-  std::vector<double> col_scratch_d;
+  std::vector<float> Rf, Cf;
   std::vector<double> Rd, Cd;
   const Pass last = dims ? Pass::F3 : Pass::U2;
-  double param_sq_total = 0;
   if (dims) {
     const auto sizes = param.sizes();
     const auto [a, b] = *dims;
@@ -314,13 +312,6 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     row_sums.resize(units * job.L);
     const std::int64_t col_copies = job.cols_owned ? 1 : job.blocks;
     col_partials.resize(col_copies * cols);
-    if (job.param_dtype == Dtype::F64) {
-      col_scratch_d.resize(col_copies * cols);
-      job.col_scratch = col_scratch_d.data();
-    } else {
-      col_scratch_f.resize(col_copies * cols);
-      job.col_scratch = col_scratch_f.data();
-    }
     param_sq.resize(job.blocks);
     update_sq.resize(job.blocks);
     job.row_sums = row_sums.data();
@@ -329,25 +320,16 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     job.update_sq = update_sq.data();
 
     run_pass(job, Pass::F1);
-    // Column sums, then the sum of param^2 in the last slot.
-    col_sums.assign(cols + 1, 0.0);
+    col_sums.assign(cols, 0.0);
     for (std::int64_t blk = 0; blk < col_copies && job.blocks > 0; ++blk) {
       const double* part = col_partials.data() + blk * cols;
       for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
     }
-    col_sums[cols] = ordered_sum(param_sq);
     // Sharded along the row dimension, columns span the shards; sharded along
     // an earlier dimension, only the parameter-wide sums do.
     const bool rows_split = shard && dims->first == 0;
     const std::int64_t rows_total = rows_split ? shard->global_sizes[0] : job.n;
-    if (reduce) {
-      if (rows_split) {
-        (*reduce)(col_sums.data(), col_sums.size());
-      } else {
-        (*reduce)(&col_sums[cols], 1);
-      }
-    }
-    param_sq_total = col_sums[cols];
+    if (rows_split) (*reduce)(col_sums.data(), col_sums.size());
     const ReduceFn* row_reduce = rows_split ? reduce : nullptr;
     if (job.param_dtype == Dtype::F64) {
       prepare_factors<double, double>(job, state, col_sums, rows_total, row_reduce, Rd, Cd);
@@ -369,21 +351,10 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
     job.update_sq = update_sq.data();
     run_pass(job, Pass::U1);
     state.variance().unsafeGetTensorImpl()->bump_version();
-    param_sq_total = ordered_sum(param_sq);
   }
-  double update_sq_total = ordered_sum(update_sq);
-  if (reduce) {
-    double sums[1] = {update_sq_total};
-    if (dims) {
-      (*reduce)(sums, 1);
-    } else {
-      double both[2] = {param_sq_total, update_sq_total};
-      (*reduce)(both, 2);
-      param_sq_total = both[0];
-      sums[0] = both[1];
-    }
-    update_sq_total = sums[0];
-  }
+  double sums[2] = {ordered_sum(param_sq), ordered_sum(update_sq)};
+  if (reduce) (*reduce)(sums, 2);
+  const double param_sq_total = sums[0], update_sq_total = sums[1];
 
   // The same formulas as torch.optim.Adafactor, in double, over the whole
   // parameter (all shards).

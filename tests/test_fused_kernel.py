@@ -49,7 +49,10 @@ CONFIGS = [
     {"factored_dims": "largest_two", "variant": "transformers", "beta1": 0.5},
     {"min_dim_size_to_factor": 8},
 ]
-SHAPES = [(257,), (33, 65), (1, 300), (300, 1), (3, 40, 50), (16, 8, 3, 3), (40, 3, 50, 2)]
+# (37, 300) and (150, 520): rows taken several at a time with leftover rows
+# and columns; (150, 520) is cut into two blocks mid-group.
+SHAPES = [(257,), (33, 65), (1, 300), (300, 1), (3, 40, 50), (16, 8, 3, 3), (40, 3, 50, 2),
+          (37, 300), (150, 520)]
 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")

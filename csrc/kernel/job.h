@@ -14,8 +14,8 @@ enum class Dtype : std::int8_t { F32, F64, BF16 };
 // One pass over a range of blocks. Factored parameters take F1..F3,
 // unfactored ones U1..U2.
 enum class Pass : std::int8_t {
-  F1,  // row sums and per-block column sums of G^2, sum of param^2
-  F2,  // sum of U^2
+  F1,  // row sums and per-block column sums of G^2
+  F2,  // sums of U^2 and of param^2
   F3,  // apply the update
   U1,  // update the second moment in place, sums of param^2 and U^2
   U2,  // apply the update
@@ -65,7 +65,6 @@ struct Job {
   // the blocks own.
   bool cols_owned = false;
   double* col_partials = nullptr;
-  void* col_scratch = nullptr;     // [blocks][O*K*m*L], compute type
   double* param_sq = nullptr;      // [blocks]
   double* update_sq = nullptr;     // [blocks]
   // Row and column factors in the compute type (float, or double for F64):

@@ -21,10 +21,15 @@ namespace {
 
 using i64 = std::int64_t;
 constexpr int kLanes = 8;
-// Runs of this many elements, and of this many rows for column sums, are
-// summed in the compute type before joining a double sum.
+// Runs of this many elements of a row, and of kRows1 rows of a column,
+// are summed in the compute type before joining a double sum.
 constexpr i64 kRun = 16 * kLanes;
-constexpr i64 kRowsPerFlush = 16;
+// Rows of a matrix taken together in passes 1, 2 and 3: more streams in
+// flight on a core, which on the machines measured moves more bytes per
+// second than one stream does (docs/performance.md).
+constexpr int kRows1 = 8;
+constexpr int kRows2 = 4;
+constexpr int kRows3 = 4;
 
 // ---------------------------------------------------------------- values
 struct bf16 {
@@ -165,6 +170,43 @@ inline double vsum(vec<T> v) {
   for (int l = 0; l < kLanes; ++l) s += v[l];
   return s;
 }
+// Eight per-lane double sums, held as two four-lane vectors: what AVX2 holds
+// in two registers (GCC handles a 64-byte vector through memory).
+typedef double d4 __attribute__((vector_size(4 * sizeof(double))));
+struct Wide {
+  d4 lo{}, hi{};
+  void add(vec<float> v) {  // exact
+    lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), d4);
+    hi += __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), d4);
+  }
+  void add(vec<double> v) {
+    lo += __builtin_shufflevector(v, v, 0, 1, 2, 3);
+    hi += __builtin_shufflevector(v, v, 4, 5, 6, 7);
+  }
+  double sum() const {
+    double s = 0;
+    for (int l = 0; l < 4; ++l) s += lo[l];
+    for (int l = 0; l < 4; ++l) s += hi[l];
+    return s;
+  }
+};
+// d[0..8) += v, in double.
+inline void add_into(double* d, vec<float> v) {
+  d4 lo, hi;
+  std::memcpy(&lo, d, sizeof lo);
+  std::memcpy(&hi, d + 4, sizeof hi);
+  lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), d4);
+  hi += __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), d4);
+  std::memcpy(d, &lo, sizeof lo);
+  std::memcpy(d + 4, &hi, sizeof hi);
+}
+inline void add_into(double* d, vec<double> v) {
+  vec<double> x;
+  std::memcpy(&x, d, sizeof x);
+  x += v;
+  std::memcpy(d, &x, sizeof x);
+}
+
 template <class T>
 inline vec<T> splat(T x) {
   return vec<T>{} + x;
@@ -187,17 +229,59 @@ struct Factored {
     o = unit / (job.K * job.n);
   }
 
+  // Pass 1 over NR contiguous rows of m elements that share their columns:
+  // G^2 (+ add) summed along each row into rows[r] and, over the NR rows,
+  // added into the double column sums colp. NR rows at once read NR streams
+  // (more memory parallelism than one) and touch colp once per NR rows. One
+  // accumulator per row keeps the adds off one dependency chain; runs of
+  // kRun join per-lane double sums. The sign is left out: (-g)^2 == g^2.
+  template <int NR, bool Eps>
+  void rows1(const P* g, double* colp, T add, double* rows) const {
+    const i64 m = job.m;
+    Wide lanes[NR];
+    const vec<T> vadd = splat<T>(add);
+    const i64 mv = m - m % kLanes;  // the vectorised part
+    i64 j = 0;
+    for (; j < mv; j += kRun) {
+      const i64 end = j + kRun < mv ? j + kRun : mv;
+      vec<T> acc[NR] = {};
+      for (i64 c = j; c < end; c += kLanes) {
+        vec<T> col{};
+        for (int r = 0; r < NR; ++r) {
+          const vec<T> gv = vload<T>(g + r * m + c);
+          vec<T> sq = gv * gv;
+          if constexpr (Eps) sq += vadd;
+          acc[r] += sq;
+          col += sq;
+        }
+        add_into(colp + c, col);
+      }
+      for (int r = 0; r < NR; ++r) lanes[r].add(acc[r]);
+    }
+    double total[NR];
+    for (int r = 0; r < NR; ++r) total[r] = lanes[r].sum();
+    for (j = mv; j < m; ++j) {
+      T col = 0;
+      for (int r = 0; r < NR; ++r) {
+        const T gv = load<T>(g, r * m + j);
+        const T sq = gv * gv + add;
+        total[r] += sq;
+        col += sq;
+      }
+      colp[j] += col;
+    }
+    for (int r = 0; r < NR; ++r) rows[r] = total[r];
+  }
+
   // Pass 1: G^2 (+ eps1 for the transformers variant) summed along rows into
-  // row_sums and along columns into this block's column partials, and the
-  // sum of param^2. Short runs are summed in the compute type (vectorised),
-  // then added into double in a fixed order.
+  // row_sums and along columns into this block's column sums (or, with
+  // cols_owned, into the block's own range of one array).
   void pass1(i64 block) const {
     const i64 cols = job.O * job.K * job.m * job.L;
     const i64 units = job.O * job.n * job.K;
     const i64 u0 = block * job.block_size;
     const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
     double* colp = job.col_partials;
-    T* colf = static_cast<T*>(job.col_scratch);
     i64 c0 = 0, c1 = cols;  // the columns this block writes
     if (job.cols_owned) {
       const i64 per_o = job.n * job.K, col_per_o = job.K * job.m * job.L;
@@ -205,82 +289,42 @@ struct Factored {
       c1 = ((u1 + per_o - 1) / per_o) * col_per_o;
     } else {
       colp += block * cols;
-      colf += block * cols;
     }
     for (i64 c = c0; c < c1; ++c) colp[c] = 0;
-    for (i64 c = c0; c < c1; ++c) colf[c] = 0;
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
-    const T s = sign();
     const P* g = grad();
-    const P* p = param();
-    double psq_total = 0;
-    // Columns touched since colf was last added into colp.
-    i64 lo = cols, hi = 0, pending = 0;
-    auto flush = [&] {
-      for (i64 c = lo; c < hi; ++c) {
-        colp[c] += colf[c];
-        colf[c] = 0;
-      }
-      lo = cols;
-      hi = 0;
-      pending = 0;
-    };
-    for (i64 unit = u0; unit < u1; ++unit) {
+    for (i64 unit = u0; unit < u1;) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
-      lo = col_base < lo ? col_base : lo;
-      hi = col_base + job.m * job.L > hi ? col_base + job.m * job.L : hi;
+      if (job.L == 1 && job.K == 1 && unit + kRows1 <= u1 && i + kRows1 <= job.n) {
+        if (job.torch_variant) {
+          rows1<kRows1, false>(g + base, colp + col_base, add, job.row_sums + unit);
+        } else {
+          rows1<kRows1, true>(g + base, colp + col_base, add, job.row_sums + unit);
+        }
+        unit += kRows1;
+        continue;
+      }
       if (job.L == 1) {
-        const P* gl = g + base;
-        const P* pl = p + base;
-        T* cf = colf + col_base;
-        double row_total = 0;
-        i64 j = 0;
-        const vec<T> vs = splat<T>(s), vadd = splat<T>(add);
-        for (; j + kRun <= job.m; j += kRun) {
-          vec<T> row{}, psq{};
-          for (i64 c = j; c < j + kRun; c += kLanes) {
-            const vec<T> gv = vs * vload<T>(gl + c);
-            const vec<T> sq = gv * gv + vadd;
-            row += sq;
-            vstore<T>(cf + c, vload<T>(cf + c) + sq);
-            const vec<T> pv = vload<T>(pl + c);
-            psq += pv * pv;
-          }
-          row_total += vsum<T>(row);
-          psq_total += vsum<T>(psq);
-        }
-        for (; j < job.m; ++j) {
-          const T gv = s * load<T>(gl, j);
-          const T sq = gv * gv + add;
-          row_total += sq;
-          cf[j] += sq;
-          const T pv = load<T>(pl, j);
-          psq_total += static_cast<double>(pv) * pv;
-        }
-        job.row_sums[unit] = row_total;
+        rows1<1, true>(g + base, colp + col_base, add, job.row_sums + unit);
       } else {
         double* rows = job.row_sums + unit * job.L;
         for (i64 l = 0; l < job.L; ++l) rows[l] = 0;
         for (i64 j = 0; j < job.m; ++j) {
           const i64 line = base + j * job.L;
-          T* cl = colf + col_base + j * job.L;
+          double* cl = colp + col_base + j * job.L;
           for (i64 l = 0; l < job.L; ++l) {
-            const T gv = s * load<T>(g, line + l);
+            const T gv = load<T>(g, line + l);
             const T sq = gv * gv + add;
             rows[l] += sq;
             cl[l] += sq;
-            const T pv = load<T>(p, line + l);
-            psq_total += static_cast<double>(pv) * pv;
           }
         }
       }
-      if (++pending == kRowsPerFlush) flush();
+      unit += 1;
     }
-    flush();
-    job.param_sq[block] = psq_total;
   }
 
   // U of one element from its gradient and the two factors.
@@ -315,36 +359,93 @@ struct Factored {
     }
   }
 
-  void pass2(i64 block) const {
-    const P* g = grad();
+  // Pass 2: the sums of U^2 and of param^2 (for RMS(param), needed only
+  // from pass 3 on). Reading the parameter here rather than in pass 1 gives
+  // this pass two streams, and pass 3 finds the end of the block freshly
+  // read. NR rows of one matrix at a time, each with its own row factor.
+  template <int NR>
+  void rows2(const P* g, const P* p, const T* R, const T* C, Wide& usq_lanes,
+             Wide& psq_lanes, double* usq, double* psq) const {
+    const i64 m = job.m;
     const T s = sign();
-    double usq[kLanes] = {};
-    for_each(block, [&](i64 base, i64 len, const T* R, int rstride, const T* C) {
-      if (rstride == 0 && !job.clamp) {
-        const T r = R[0];
-        const P* gl = g + base;
-        const vec<T> vsr = splat<T>(s * r);
-        i64 x = 0;
-        for (; x + kRun <= len; x += kRun) {
-          vec<T> part{};
-          for (i64 c = x; c < x + kRun; c += kLanes) {
-            const vec<T> u = vsr * vload<T>(gl + c) * vload<T>(C + c);
-            part += u * u;
+    vec<T> vsr[NR];
+    for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r]);
+    const i64 mv = m - m % kLanes;  // the vectorised part
+    for (i64 x = 0; x < mv; x += kRun) {
+      const i64 end = x + kRun < mv ? x + kRun : mv;
+      vec<T> a0{}, a1{}, q0{}, q1{};
+      for (i64 c = x; c < end; c += kLanes) {
+        const vec<T> cv = vload<T>(C + c);
+        for (int r = 0; r < NR; ++r) {
+          const vec<T> u = vsr[r] * vload<T>(g + r * m + c) * cv;
+          const vec<T> pv = vload<T>(p + r * m + c);
+          if (r % 2 == 0) {
+            a0 += u * u;
+            q0 += pv * pv;
+          } else {
+            a1 += u * u;
+            q1 += pv * pv;
           }
-          usq[0] += vsum<T>(part);
-        }
-        for (; x < len; ++x) {
-          const T u = s * r * load<T>(g, base + x) * C[x];
-          usq[x % kLanes] += static_cast<double>(u) * u;
-        }
-      } else {
-        for (i64 x = 0; x < len; ++x) {
-          const T u = update(s * load<T>(g, base + x), R[x * rstride], C[x]);
-          usq[x % kLanes] += static_cast<double>(u) * u;
         }
       }
-    });
-    job.update_sq[block] = lane_sum(usq);
+      usq_lanes.add(a0 + a1);
+      psq_lanes.add(q0 + q1);
+    }
+    for (i64 x = mv; x < m; ++x) {
+      for (int r = 0; r < NR; ++r) {
+        const T u = s * R[r] * load<T>(g, r * m + x) * C[x];
+        usq[x % kLanes] += static_cast<double>(u) * u;
+        const T pv = load<T>(p, r * m + x);
+        psq[x % kLanes] += static_cast<double>(pv) * pv;
+      }
+    }
+  }
+
+  void pass2(i64 block) const {
+    const P* g = grad();
+    const P* p = param();
+    const T s = sign();
+    const T* R = static_cast<const T*>(job.row_factor);
+    const T* C = static_cast<const T*>(job.col_factor);
+    double usq[kLanes] = {}, psq[kLanes] = {};
+    Wide usq_lanes, psq_lanes;
+    const i64 units = job.O * job.n * job.K;
+    const i64 u0 = block * job.block_size;
+    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
+    for (i64 unit = u0; unit < u1;) {
+      i64 o, i, k;
+      unit_index(unit, o, i, k);
+      const i64 col_base = (o * job.K + k) * job.m * job.L;
+      const i64 base = unit * job.m * job.L;
+      if (job.L == 1 && !job.clamp) {
+        if (job.K == 1 && unit + kRows2 <= u1 && i + kRows2 <= job.n) {
+          rows2<kRows2>(g + base, p + base, R + unit, C + col_base, usq_lanes, psq_lanes, usq, psq);
+          unit += kRows2;
+        } else {
+          rows2<1>(g + base, p + base, R + unit, C + col_base, usq_lanes, psq_lanes, usq, psq);
+          unit += 1;
+        }
+        continue;
+      }
+      // Lines of L elements, or V clamped: element by element.
+      const i64 lines = job.L == 1 ? 1 : job.m;
+      const i64 len = job.L == 1 ? job.m : job.L;
+      for (i64 j = 0; j < lines; ++j) {
+        const T* Rl = job.L == 1 ? R + unit : R + unit * job.L;
+        const i64 rstride = job.L == 1 ? 0 : 1;
+        const T* Cl = C + col_base + j * len;
+        const i64 at = base + j * len;
+        for (i64 x = 0; x < len; ++x) {
+          const T u = update(s * load<T>(g, at + x), Rl[x * rstride], Cl[x]);
+          usq[x % kLanes] += static_cast<double>(u) * u;
+          const T pv = load<T>(p, at + x);
+          psq[x % kLanes] += static_cast<double>(pv) * pv;
+        }
+      }
+      unit += 1;
+    }
+    job.update_sq[block] = lane_sum(usq) + usq_lanes.sum();
+    job.param_sq[block] = lane_sum(psq) + psq_lanes.sum();
   }
 
   // The final arithmetic of one element, in the order of the references.
@@ -376,11 +477,12 @@ struct Factored {
     }
   }
 
-  // One contiguous line with one row factor and no clamping: the common
-  // case, with the variant's branches resolved at compile time so that the
-  // loop vectorises.
-  template <bool Torch, bool Momentum, bool Decay>
-  void line3(P* p, const P* g, S* m, i64 base, i64 len, T r, const T* C) const {
+  // NR contiguous rows of len elements (row r at base + r * len, row factor
+  // R[r]) with no clamping: the common case, with the variant's branches
+  // resolved at compile time so that the loop vectorises, and NR rows at
+  // once for more streams in flight.
+  template <int NR, bool Torch, bool Momentum, bool Decay>
+  void rows3(P* p, const P* g, S* m, i64 base, i64 len, const T* R, const T* C) const {
     const T s = sign();
     const T coef = static_cast<T>(job.alpha / job.denom);
     const T alpha = static_cast<T>(job.alpha), denom = static_cast<T>(job.denom);
@@ -388,54 +490,62 @@ struct Factored {
     const T b1 = static_cast<T>(job.beta1), ob1 = T(1) - b1;
     i64 x = 0;
     if (!job.stochastic_rounding) {
-      const vec<T> vsr = splat<T>(s * r), vcoef = splat<T>(coef), valpha = splat<T>(alpha),
-                   vdenom = splat<T>(denom), vmult = splat<T>(mult), vdcoef = splat<T>(dcoef),
-                   vb1 = splat<T>(b1), vob1 = splat<T>(ob1);
+      vec<T> vsr[NR];
+      for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r]);
+      const vec<T> vcoef = splat<T>(coef), valpha = splat<T>(alpha), vdenom = splat<T>(denom),
+                   vmult = splat<T>(mult), vdcoef = splat<T>(dcoef), vb1 = splat<T>(b1),
+                   vob1 = splat<T>(ob1);
       for (; x + kLanes <= len; x += kLanes) {
-        const i64 idx = base + x;
-        vec<T> u = vsr * vload<T>(g + idx) * vload<T>(C + x);
-        vec<T> pv = vload<T>(p + idx);
-        if constexpr (Torch) {
-          if constexpr (Decay) pv = pv * vmult;
-          u = u * vcoef;
-        } else {
-          u = u / vdenom * valpha;
-          if constexpr (Decay) pv = pv + pv * vdcoef;
+        const vec<T> cv = vload<T>(C + x);
+        for (int r = 0; r < NR; ++r) {
+          const i64 idx = base + r * len + x;
+          vec<T> u = vsr[r] * vload<T>(g + idx) * cv;
+          vec<T> pv = vload<T>(p + idx);
+          if constexpr (Torch) {
+            if constexpr (Decay) pv = pv * vmult;
+            u = u * vcoef;
+          } else {
+            u = u / vdenom * valpha;
+            if constexpr (Decay) pv = pv + pv * vdcoef;
+          }
+          if constexpr (Momentum) {
+            vstore<T>(m + idx, vload<T>(m + idx) * vb1 + u * vob1);
+            u = vload<T>(m + idx);
+          }
+          vstore<T>(p + idx, pv - u);
         }
-        if constexpr (Momentum) {
-          vstore<T>(m + idx, vload<T>(m + idx) * vb1 + u * vob1);
-          u = vload<T>(m + idx);
-        }
-        vstore<T>(p + idx, pv - u);
       }
     }
-    for (; x < len; ++x) {
-      const i64 idx = base + x;
-      T u = s * r * load<T>(g, idx) * C[x];
-      T pv = load<T>(p, idx);
-      if constexpr (Torch) {
-        if constexpr (Decay) pv = pv * mult;
-        u = u * coef;  // with momentum; without, p - coef*u below is the same
-      } else {
-        u = u / denom * alpha;
-        if constexpr (Decay) pv = pv + pv * dcoef;
+    for (int r = 0; r < NR; ++r) {
+      for (i64 y = x; y < len; ++y) {
+        const i64 idx = base + r * len + y;
+        T u = s * R[r] * load<T>(g, idx) * C[y];
+        T pv = load<T>(p, idx);
+        if constexpr (Torch) {
+          if constexpr (Decay) pv = pv * mult;
+          u = u * coef;  // with momentum; without, p - coef*u below is the same
+        } else {
+          u = u / denom * alpha;
+          if constexpr (Decay) pv = pv + pv * dcoef;
+        }
+        if constexpr (Momentum) {
+          store(m, idx, load<T>(m, idx) * b1 + u * ob1);
+          u = load<T>(m, idx);
+        }
+        put(p, idx, pv - u);
       }
-      if constexpr (Momentum) {
-        store(m, idx, load<T>(m, idx) * b1 + u * ob1);
-        u = load<T>(m, idx);
-      }
-      put(p, idx, pv - u);
     }
   }
 
-  using LineFn = void (Factored::*)(P*, const P*, S*, i64, i64, T, const T*) const;
-  LineFn pick_line3() const {
+  using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*) const;
+  template <int NR>
+  RowsFn pick_rows3() const {
     if (job.torch_variant) {
-      if (job.momentum) return job.weight_decay ? &Factored::line3<true, true, true> : &Factored::line3<true, true, false>;
-      return job.weight_decay ? &Factored::line3<true, false, true> : &Factored::line3<true, false, false>;
+      if (job.momentum) return job.weight_decay ? &Factored::rows3<NR, true, true, true> : &Factored::rows3<NR, true, true, false>;
+      return job.weight_decay ? &Factored::rows3<NR, true, false, true> : &Factored::rows3<NR, true, false, false>;
     }
-    if (job.momentum) return job.weight_decay ? &Factored::line3<false, true, true> : &Factored::line3<false, true, false>;
-    return job.weight_decay ? &Factored::line3<false, false, true> : &Factored::line3<false, false, false>;
+    if (job.momentum) return job.weight_decay ? &Factored::rows3<NR, false, true, true> : &Factored::rows3<NR, false, true, false>;
+    return job.weight_decay ? &Factored::rows3<NR, false, false, true> : &Factored::rows3<NR, false, false, false>;
   }
 
   void pass3(i64 block) const {
@@ -443,18 +553,42 @@ struct Factored {
     P* p = param();
     S* m = static_cast<S*>(job.exp_avg);
     const T s = sign();
-    const LineFn fast = pick_line3();
-    for_each(block, [&](i64 base, i64 len, const T* R, int rstride, const T* C) {
-      if (rstride == 0 && !job.clamp) {
-        (this->*fast)(p, g, m, base, len, R[0], C);
-        return;
+    const T* R = static_cast<const T*>(job.row_factor);
+    const T* C = static_cast<const T*>(job.col_factor);
+    const RowsFn one = pick_rows3<1>(), several = pick_rows3<kRows3>();
+    const i64 units = job.O * job.n * job.K;
+    const i64 u0 = block * job.block_size;
+    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
+    for (i64 unit = u0; unit < u1;) {
+      i64 o, i, k;
+      unit_index(unit, o, i, k);
+      const i64 col_base = (o * job.K + k) * job.m * job.L;
+      const i64 base = unit * job.m * job.L;
+      if (job.L == 1 && !job.clamp) {
+        if (job.K == 1 && unit + kRows3 <= u1 && i + kRows3 <= job.n) {
+          (this->*several)(p, g, m, base, job.m, R + unit, C + col_base);
+          unit += kRows3;
+        } else {
+          (this->*one)(p, g, m, base, job.m, R + unit, C + col_base);
+          unit += 1;
+        }
+        continue;
       }
-      for (i64 x = 0; x < len; ++x) {
-        const i64 idx = base + x;
-        const T u = update(s * load<T>(g, idx), R[x * rstride], C[x]);
-        put(p, idx, apply(load<T>(p, idx), u, m, idx));
+      // Lines of L elements, or V clamped: element by element.
+      const i64 lines = job.L == 1 ? 1 : job.m;
+      const i64 len = job.L == 1 ? job.m : job.L;
+      const T* Rl = job.L == 1 ? R + unit : R + unit * job.L;
+      const i64 rstride = job.L == 1 ? 0 : 1;
+      for (i64 j = 0; j < lines; ++j) {
+        const T* Cl = C + col_base + j * len;
+        const i64 at = base + j * len;
+        for (i64 x = 0; x < len; ++x) {
+          const T u = update(s * load<T>(g, at + x), Rl[x * rstride], Cl[x]);
+          put(p, at + x, apply(load<T>(p, at + x), u, m, at + x));
+        }
       }
-    });
+      unit += 1;
+    }
   }
 };
 
