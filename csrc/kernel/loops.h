@@ -656,7 +656,14 @@ struct Unfactored {
 
 template <class P, class S>
 void run_typed(const Job& job, Pass pass, i64 b0, i64 b1) {
-  for (i64 b = b0; b < b1; ++b) {
+  // Each pass starts where the last one ended: pass 2 (and U2) takes a
+  // thread's blocks last to first, so that the blocks it meets first are
+  // the ones pass 1 read last and the cache still holds; pass 3 then meets
+  // first what pass 2 read last. Per-block sums make the order irrelevant
+  // to the results.
+  const bool backwards = pass == Pass::F2 || pass == Pass::U2;
+  for (i64 n = 0; n < b1 - b0; ++n) {
+    const i64 b = backwards ? b1 - 1 - n : b0 + n;
     switch (pass) {
       case Pass::F1: Factored<P, S>{job}.pass1(b); break;
       case Pass::F2: Factored<P, S>{job}.pass2(b); break;
