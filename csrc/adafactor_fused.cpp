@@ -1,8 +1,10 @@
-// The fused CPU step: three passes over the gradient (two for unfactored
-// parameters), scratch memory of O(rows + columns), blocks spread over
-// ATen's thread pool. The loops are in kernel/loops.h; this file prepares the
-// job, updates the (small) row and column statistics between passes, and
-// picks the loops compiled for the CPU at hand.
+// The fused CPU step: three passes over the gradient for large factored
+// matrices, two for small ones (conv kernels: each leading index a group)
+// and for unfactored parameters; scratch memory of O(rows + columns), or a
+// few KiB per thread for small groups; blocks spread over ATen's thread
+// pool. The loops are in kernel/loops.h; this file prepares the job,
+// updates the (small) row and column statistics of large matrices between
+// passes, and picks the loops compiled for the CPU at hand.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -11,6 +13,7 @@
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -30,7 +33,7 @@ using kernel::Pass;
 
 std::atomic<bool> g_fused_enabled{true};
 
-using RunFn = void (*)(const Job&, Pass, std::int64_t, std::int64_t);
+using RunFn = void (*)(const Job&, Pass, std::int64_t, std::int64_t, void*);
 using ReduceFn = std::function<void(double*, std::size_t)>;
 
 bool cpu_has_avx2() {
@@ -76,7 +79,11 @@ void run_pass(const Job& job, Pass pass) {
   const RunFn run = loops();
   // Blocks hold tens of thousands of elements: one block is enough work.
   at::parallel_for(0, job.blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-    run(job, pass, b0, b1);
+    std::unique_ptr<double[]> scratch;
+    if (pass == Pass::G1 || pass == Pass::G2) {
+      scratch.reset(new double[kernel::kGroupScratchBytes / sizeof(double) + 1]);
+    }
+    run(job, pass, b0, b1, scratch.get());
   });
 }
 
@@ -222,6 +229,116 @@ void prepare_factors(Job& job, AdafactorParamState& state,
   job.col_factor = C.data();
 }
 
+// What the passes of one step share: owned here, pointed to by the Job.
+struct Scratch {
+  std::vector<double> param_sq, update_sq;  // per block
+  std::vector<double> row_sums, col_partials, col_sums;
+  std::vector<float> Rf, Cf;  // factors (float compute)
+  std::vector<double> Rd, Cd;  // factors (double compute)
+};
+
+void per_block_sums(Job& job, Scratch& scratch) {
+  scratch.param_sq.resize(job.blocks);
+  scratch.update_sq.resize(job.blocks);
+  job.param_sq = scratch.param_sq.data();
+  job.update_sq = scratch.update_sq.data();
+}
+
+// The parameter seen as [O, n, K, m, L], rows along dimension a, columns
+// along b.
+void view_factored(Job& job, at::IntArrayRef sizes, std::pair<std::int64_t, std::int64_t> dims) {
+  const auto [a, b] = dims;
+  auto prod = [&](std::int64_t from, std::int64_t to) {
+    std::int64_t p = 1;
+    for (auto d = from; d < to; ++d) p *= sizes[d];
+    return p;
+  };
+  job.O = prod(0, a);
+  job.n = sizes[a];
+  job.K = prod(a + 1, b);
+  job.m = sizes[b];
+  job.L = prod(b + 1, static_cast<std::int64_t>(sizes.size()));
+}
+
+// Unfactored: U1 updates the second moment and sums param^2 and U^2.
+void first_pass_unfactored(Job& job, AdafactorParamState& state, Scratch& scratch) {
+  job.variance = state.variance().data_ptr();
+  job.block_size = 16384;
+  job.blocks = (job.numel + job.block_size - 1) / job.block_size;
+  per_block_sums(job, scratch);
+  run_pass(job, Pass::U1);
+  state.variance().unsafeGetTensorImpl()->bump_version();
+}
+
+// Small matrices, one per leading index: G1 does statistics, state and
+// sums in one pass over blocks of whole groups (at least ~32K elements,
+// at most 16 blocks).
+void first_pass_groups(Job& job, AdafactorParamState& state, Scratch& scratch) {
+  const std::int64_t want = std::min(std::clamp<std::int64_t>(job.numel / 32768, 1, 16),
+                                     std::max<std::int64_t>(job.O, 1));
+  job.block_size = (job.O + want - 1) / want;
+  job.blocks = job.O == 0 ? 0 : (job.O + job.block_size - 1) / job.block_size;
+  job.row_var = state.row_var().data_ptr();
+  job.col_var = state.col_var().data_ptr();
+  per_block_sums(job, scratch);
+  run_pass(job, Pass::G1);
+  state.row_var().unsafeGetTensorImpl()->bump_version();
+  state.col_var().unsafeGetTensorImpl()->bump_version();
+}
+
+// Large matrices: F1 (row and column sums), the statistics and factors in
+// between, F2 (sums of U^2 and param^2).
+void first_passes_factored(Job& job, AdafactorParamState& state, const AdafactorShard* shard,
+                           bool rows_split, Scratch& scratch) {
+  const ReduceFn* reduce = shard ? &shard->all_reduce_sum : nullptr;
+  const std::int64_t units = job.O * job.n * job.K;
+  const std::int64_t cols = job.O * job.K * job.m * job.L;
+  // At most 16 blocks of at least ~32K elements each: enough parallelism
+  // for a few cores, and column partials of at most 16 x cols doubles. A
+  // shard may be empty: no blocks, but it still takes part in the sums.
+  const std::int64_t want = std::min(std::clamp<std::int64_t>(job.numel / 32768, 1, 16),
+                                     std::max<std::int64_t>(units, 1));
+  // With enough leading indices (conv weights: [out, in, kh, kw]), blocks
+  // take whole ones and own their columns: no per-block copies of them.
+  job.cols_owned = job.O > 1 && job.O >= want;
+  if (job.cols_owned) {
+    job.block_size = ((job.O + want - 1) / want) * job.n * job.K;
+  } else {
+    job.block_size = std::max<std::int64_t>((units + want - 1) / want, 1);
+  }
+  job.blocks = (units + job.block_size - 1) / job.block_size;
+  scratch.row_sums.resize(units * job.L);
+  const std::int64_t col_copies = job.cols_owned ? 1 : job.blocks;
+  scratch.col_partials.resize(col_copies * cols);
+  job.row_sums = scratch.row_sums.data();
+  job.col_partials = scratch.col_partials.data();
+  per_block_sums(job, scratch);
+
+  run_pass(job, Pass::F1);
+  auto& col_sums = scratch.col_sums;
+  col_sums.assign(cols, 0.0);
+  for (std::int64_t blk = 0; blk < col_copies && job.blocks > 0; ++blk) {
+    const double* part = scratch.col_partials.data() + blk * cols;
+    for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
+  }
+  const std::int64_t rows_total = rows_split ? shard->global_sizes[0] : job.n;
+  if (rows_split) (*reduce)(col_sums.data(), col_sums.size());
+  const ReduceFn* row_reduce = rows_split ? reduce : nullptr;
+  if (job.param_dtype == Dtype::F64) {
+    prepare_factors<double, double>(job, state, col_sums, rows_total, row_reduce, scratch.Rd,
+                                    scratch.Cd);
+  } else if (job.state_dtype == Dtype::F32) {
+    prepare_factors<float, float>(job, state, col_sums, rows_total, row_reduce, scratch.Rf,
+                                  scratch.Cf);
+  } else {
+    prepare_factors<float, c10::BFloat16>(job, state, col_sums, rows_total, row_reduce,
+                                          scratch.Rf, scratch.Cf);
+  }
+  state.row_var().unsafeGetTensorImpl()->bump_version();
+  state.col_var().unsafeGetTensorImpl()->bump_version();
+  run_pass(job, Pass::F2);
+}
+
 std::uint64_t rounding_seed() {
   auto gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
@@ -276,83 +393,24 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   job.grad = grad.data_ptr();
   job.exp_avg = state.exp_avg().defined() ? state.exp_avg().data_ptr() : nullptr;
 
-  std::vector<double> row_sums, col_partials, param_sq, update_sq, col_sums;
-  std::vector<float> Rf, Cf;
-  std::vector<double> Rd, Cd;
-  const Pass last = dims ? Pass::F3 : Pass::U2;
-  if (dims) {
-    const auto sizes = param.sizes();
-    const auto [a, b] = *dims;
-    auto prod = [&](std::int64_t from, std::int64_t to) {
-      std::int64_t p = 1;
-      for (auto d = from; d < to; ++d) p *= sizes[d];
-      return p;
-    };
-    job.O = prod(0, a);
-    job.n = sizes[a];
-    job.K = prod(a + 1, b);
-    job.m = sizes[b];
-    job.L = prod(b + 1, static_cast<std::int64_t>(sizes.size()));
-    const std::int64_t units = job.O * job.n * job.K;
-    const std::int64_t cols = job.O * job.K * job.m * job.L;
-    // At most 16 blocks of at least ~32K elements each: enough parallelism
-    // for a few cores, and column partials of at most 16 x cols doubles. A
-    // shard may be empty: no blocks, but it still takes part in the sums.
-    const std::int64_t want =
-        std::min(std::clamp<std::int64_t>(job.numel / 32768, 1, 16), std::max<std::int64_t>(units, 1));
-    // With enough leading indices (conv weights: [out, in, kh, kw]), blocks
-    // take whole ones and own their columns: no per-block copies of them.
-    job.cols_owned = job.O > 1 && job.O >= want;
-    if (job.cols_owned) {
-      job.block_size = ((job.O + want - 1) / want) * job.n * job.K;
-    } else {
-      job.block_size = std::max<std::int64_t>((units + want - 1) / want, 1);
-    }
-    job.blocks = (units + job.block_size - 1) / job.block_size;
-    row_sums.resize(units * job.L);
-    const std::int64_t col_copies = job.cols_owned ? 1 : job.blocks;
-    col_partials.resize(col_copies * cols);
-    param_sq.resize(job.blocks);
-    update_sq.resize(job.blocks);
-    job.row_sums = row_sums.data();
-    job.col_partials = col_partials.data();
-    job.param_sq = param_sq.data();
-    job.update_sq = update_sq.data();
-
-    run_pass(job, Pass::F1);
-    col_sums.assign(cols, 0.0);
-    for (std::int64_t blk = 0; blk < col_copies && job.blocks > 0; ++blk) {
-      const double* part = col_partials.data() + blk * cols;
-      for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
-    }
-    // Sharded along the row dimension, columns span the shards; sharded along
-    // an earlier dimension, only the parameter-wide sums do.
-    const bool rows_split = shard && dims->first == 0;
-    const std::int64_t rows_total = rows_split ? shard->global_sizes[0] : job.n;
-    if (rows_split) (*reduce)(col_sums.data(), col_sums.size());
-    const ReduceFn* row_reduce = rows_split ? reduce : nullptr;
-    if (job.param_dtype == Dtype::F64) {
-      prepare_factors<double, double>(job, state, col_sums, rows_total, row_reduce, Rd, Cd);
-    } else if (job.state_dtype == Dtype::F32) {
-      prepare_factors<float, float>(job, state, col_sums, rows_total, row_reduce, Rf, Cf);
-    } else {
-      prepare_factors<float, c10::BFloat16>(job, state, col_sums, rows_total, row_reduce, Rf, Cf);
-    }
-    state.row_var().unsafeGetTensorImpl()->bump_version();
-    state.col_var().unsafeGetTensorImpl()->bump_version();
-    run_pass(job, Pass::F2);
+  Scratch scratch;
+  Pass last = Pass::U2;
+  if (!dims) {
+    first_pass_unfactored(job, state, scratch);
   } else {
-    job.variance = state.variance().data_ptr();
-    job.block_size = 16384;
-    job.blocks = (job.numel + job.block_size - 1) / job.block_size;
-    param_sq.resize(job.blocks);
-    update_sq.resize(job.blocks);
-    job.param_sq = param_sq.data();
-    job.update_sq = update_sq.data();
-    run_pass(job, Pass::U1);
-    state.variance().unsafeGetTensorImpl()->bump_version();
+    view_factored(job, param.sizes(), *dims);
+    // Sharded along the row dimension, columns span the shards; sharded
+    // along an earlier dimension, only the parameter-wide sums do.
+    const bool rows_split = shard && dims->first == 0;
+    if (job.K == 1 && job.L == 1 && job.n * job.m <= kernel::kGroupMaxElems && !rows_split) {
+      first_pass_groups(job, state, scratch);
+      last = Pass::G2;
+    } else {
+      first_passes_factored(job, state, shard, rows_split, scratch);
+      last = Pass::F3;
+    }
   }
-  double sums[2] = {ordered_sum(param_sq), ordered_sum(update_sq)};
+  double sums[2] = {ordered_sum(scratch.param_sq), ordered_sum(scratch.update_sq)};
   if (reduce) (*reduce)(sums, 2);
   const double param_sq_total = sums[0], update_sq_total = sums[1];
 

@@ -69,20 +69,23 @@ def test_fused_equals_aten_path(options, dtype):
             assert rel_err(sa[name], sb[name]) <= tol, (shape, name)
 
 
+@pytest.mark.parametrize("shape", [(20, 30), (12, 10, 3, 3), (4, 5, 40, 30)])
 @pytest.mark.parametrize("variant", ["torch", "transformers"])
-def test_fused_handles_all_zero_rows_and_columns(variant):
+def test_fused_handles_all_zero_rows_and_columns(variant, shape):
     # torch floors V at eps1^2: with whole rows and columns of zero gradient
-    # the fused kernel switches to computing V element by element.
-    a, _ = run((20, 30), torch.float32, 6, True, zero_col=True, variant=variant)
-    b, _ = run((20, 30), torch.float32, 6, False, zero_col=True, variant=variant)
+    # the fused kernel switches to computing V element by element (for small
+    # groups, in the groups that need it).
+    a, _ = run(shape, torch.float32, 6, True, zero_col=True, variant=variant)
+    b, _ = run(shape, torch.float32, 6, False, zero_col=True, variant=variant)
     assert torch.isfinite(a).all()
     assert rel_err(a, b) <= 1e-6
 
 
+@pytest.mark.parametrize("shape", [(64, 48), (32, 16, 3, 3)])
 @pytest.mark.parametrize("state_fp32", [False, True])
-def test_fused_bf16_close_to_aten_path(state_fp32):
-    a, sa = run((64, 48), torch.bfloat16, 8, True, fp32_state=state_fp32, beta1=0.9)
-    b, sb = run((64, 48), torch.bfloat16, 8, False, fp32_state=state_fp32, beta1=0.9)
+def test_fused_bf16_close_to_aten_path(state_fp32, shape):
+    a, sa = run(shape, torch.bfloat16, 8, True, fp32_state=state_fp32, beta1=0.9)
+    b, sb = run(shape, torch.bfloat16, 8, False, fp32_state=state_fp32, beta1=0.9)
     assert a.dtype == torch.bfloat16
     want = torch.float32 if state_fp32 else torch.bfloat16
     assert sa["row_var"].dtype == want and sa["exp_avg"].dtype == want
@@ -92,13 +95,14 @@ def test_fused_bf16_close_to_aten_path(state_fp32):
     assert rel_err(a, b) <= 1e-2
 
 
-def test_results_do_not_depend_on_thread_count():
+@pytest.mark.parametrize("shape", [(512, 384), (256, 64, 3, 3), (300, 8, 20, 30)])
+def test_results_do_not_depend_on_thread_count(shape):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        a, _ = run((512, 384), torch.float32, 4, True, beta1=0.9)
+        a, _ = run(shape, torch.float32, 4, True, beta1=0.9)
         torch.set_num_threads(max(2, threads))
-        b, _ = run((512, 384), torch.float32, 4, True, beta1=0.9)
+        b, _ = run(shape, torch.float32, 4, True, beta1=0.9)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(a, b)
@@ -109,7 +113,7 @@ import sys, torch
 from tcltorch import _C
 torch.manual_seed(0)
 out = []
-for shape in [(300, 200), (5000,)]:
+for shape in [(300, 200), (5000,), (64, 32, 3, 3), (40, 6, 20, 30)]:
     p = torch.randn(shape)
     opt = _C.Adafactor([p], beta1=0.9)
     for _ in range(3):

@@ -19,7 +19,17 @@ enum class Pass : std::int8_t {
   F3,  // apply the update
   U1,  // update the second moment in place, sums of param^2 and U^2
   U2,  // apply the update
+  G1,  // small groups: statistics, state, sums of U^2 and param^2
+  G2,  // small groups: apply the update
 };
+
+// Factored parameters whose factored matrices hold at most this many
+// elements (n * m) take the small-group passes G1, G2 when each leading
+// index can be a group of its own (K == L == 1, rows not split over shards).
+constexpr std::int64_t kGroupMaxElems = 2048;
+// Scratch the small-group passes need per thread (run's `scratch`): eight
+// arrays of kGroupMaxElems doubles and a flag each.
+constexpr std::int64_t kGroupScratchBytes = kGroupMaxElems * (8 * sizeof(double) + 1);
 
 struct Job {
   Dtype param_dtype;  // of param and grad
@@ -33,7 +43,7 @@ struct Job {
 
   // Blocks: fixed by the problem, never by the thread count, so that sums
   // (and so results) do not depend on how many threads run.
-  std::int64_t block_size = 0;  // units (O*n*K) or elements per block
+  std::int64_t block_size = 0;  // units (O*n*K), groups (O) or elements per block
   std::int64_t blocks = 0;
 
   // The algorithm, resolved to numbers for this step.
@@ -57,6 +67,8 @@ struct Job {
   const void* grad = nullptr;
   void* variance = nullptr;  // unfactored
   void* exp_avg = nullptr;   // with momentum
+  void* row_var = nullptr;   // small groups: [O*n], state dtype
+  void* col_var = nullptr;   // small groups: [O*m]
 
   // Scratch owned by the caller.
   double* row_sums = nullptr;      // [O*n*K*L]
@@ -76,12 +88,15 @@ struct Job {
   std::uint64_t seed = 0;  // stochastic rounding
 };
 
-// The loops of one instruction set.
+// The loops of one instruction set. `scratch`: kGroupScratchBytes for the
+// passes G1 and G2 (aligned for double), else unused.
 namespace base {
-void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end);
+void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end,
+         void* scratch);
 }
 namespace avx2 {
-void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end);
+void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end,
+         void* scratch);
 }
 
 }  // namespace tcltorch::kernel

@@ -30,6 +30,8 @@ constexpr i64 kRun = 16 * kLanes;
 constexpr int kRows1 = 8;
 constexpr int kRows2 = 4;
 constexpr int kRows3 = 4;
+// Small-group batches (see Groups): elements per batch.
+constexpr i64 kBatchElems = kGroupMaxElems;
 
 // ---------------------------------------------------------------- values
 struct bf16 {
@@ -477,64 +479,107 @@ struct Factored {
     }
   }
 
+  // The arithmetic after U, with the variant's branches resolved at compile
+  // time so that the loops vectorise: eight lanes (never with stochastic
+  // rounding) or one element, in the order of the references.
+  template <bool Torch, bool Momentum, bool Decay>
+  struct Tail {
+    const Factored& f;
+    T coef, alpha, denom, mult, dcoef, b1, ob1;
+    vec<T> vcoef, valpha, vdenom, vmult, vdcoef, vb1, vob1;
+    explicit Tail(const Factored& fa) : f(fa) {
+      const Job& job = f.job;
+      coef = static_cast<T>(job.alpha / job.denom);
+      alpha = static_cast<T>(job.alpha);
+      denom = static_cast<T>(job.denom);
+      mult = static_cast<T>(job.decay_mult);
+      dcoef = static_cast<T>(job.decay_coef);
+      b1 = static_cast<T>(job.beta1);
+      ob1 = T(1) - b1;
+      vcoef = splat<T>(coef), valpha = splat<T>(alpha), vdenom = splat<T>(denom);
+      vmult = splat<T>(mult), vdcoef = splat<T>(dcoef), vb1 = splat<T>(b1), vob1 = splat<T>(ob1);
+    }
+    void lanes(P* p, S* m, i64 idx, vec<T> u) const {
+      vec<T> pv = vload<T>(p + idx);
+      if constexpr (Torch) {
+        if constexpr (Decay) pv = pv * vmult;
+        u = u * vcoef;
+      } else {
+        u = u / vdenom * valpha;
+        if constexpr (Decay) pv = pv + pv * vdcoef;
+      }
+      if constexpr (Momentum) {
+        vstore<T>(m + idx, vload<T>(m + idx) * vb1 + u * vob1);
+        u = vload<T>(m + idx);
+      }
+      vstore<T>(p + idx, pv - u);
+    }
+    void one(P* p, S* m, i64 idx, T u) const {
+      T pv = load<T>(p, idx);
+      if constexpr (Torch) {
+        if constexpr (Decay) pv = pv * mult;
+        u = u * coef;  // with momentum; without, p - coef*u below is the same
+      } else {
+        u = u / denom * alpha;
+        if constexpr (Decay) pv = pv + pv * dcoef;
+      }
+      if constexpr (Momentum) {
+        store(m, idx, load<T>(m, idx) * b1 + u * ob1);
+        u = load<T>(m, idx);
+      }
+      f.put(p, idx, pv - u);
+    }
+  };
+
   // NR contiguous rows of len elements (row r at base + r * len, row factor
-  // R[r]) with no clamping: the common case, with the variant's branches
-  // resolved at compile time so that the loop vectorises, and NR rows at
-  // once for more streams in flight.
+  // R[r]) with no clamping: the common case, NR rows at once for more
+  // streams in flight.
   template <int NR, bool Torch, bool Momentum, bool Decay>
   void rows3(P* p, const P* g, S* m, i64 base, i64 len, const T* R, const T* C) const {
+    const Tail<Torch, Momentum, Decay> tail(*this);
     const T s = sign();
-    const T coef = static_cast<T>(job.alpha / job.denom);
-    const T alpha = static_cast<T>(job.alpha), denom = static_cast<T>(job.denom);
-    const T mult = static_cast<T>(job.decay_mult), dcoef = static_cast<T>(job.decay_coef);
-    const T b1 = static_cast<T>(job.beta1), ob1 = T(1) - b1;
     i64 x = 0;
     if (!job.stochastic_rounding) {
       vec<T> vsr[NR];
       for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r]);
-      const vec<T> vcoef = splat<T>(coef), valpha = splat<T>(alpha), vdenom = splat<T>(denom),
-                   vmult = splat<T>(mult), vdcoef = splat<T>(dcoef), vb1 = splat<T>(b1),
-                   vob1 = splat<T>(ob1);
       for (; x + kLanes <= len; x += kLanes) {
         const vec<T> cv = vload<T>(C + x);
         for (int r = 0; r < NR; ++r) {
           const i64 idx = base + r * len + x;
-          vec<T> u = vsr[r] * vload<T>(g + idx) * cv;
-          vec<T> pv = vload<T>(p + idx);
-          if constexpr (Torch) {
-            if constexpr (Decay) pv = pv * vmult;
-            u = u * vcoef;
-          } else {
-            u = u / vdenom * valpha;
-            if constexpr (Decay) pv = pv + pv * vdcoef;
-          }
-          if constexpr (Momentum) {
-            vstore<T>(m + idx, vload<T>(m + idx) * vb1 + u * vob1);
-            u = vload<T>(m + idx);
-          }
-          vstore<T>(p + idx, pv - u);
+          tail.lanes(p, m, idx, vsr[r] * vload<T>(g + idx) * cv);
         }
       }
     }
     for (int r = 0; r < NR; ++r) {
       for (i64 y = x; y < len; ++y) {
         const i64 idx = base + r * len + y;
-        T u = s * R[r] * load<T>(g, idx) * C[y];
-        T pv = load<T>(p, idx);
-        if constexpr (Torch) {
-          if constexpr (Decay) pv = pv * mult;
-          u = u * coef;  // with momentum; without, p - coef*u below is the same
-        } else {
-          u = u / denom * alpha;
-          if constexpr (Decay) pv = pv + pv * dcoef;
-        }
-        if constexpr (Momentum) {
-          store(m, idx, load<T>(m, idx) * b1 + u * ob1);
-          u = load<T>(m, idx);
-        }
-        put(p, idx, pv - u);
+        tail.one(p, m, idx, s * R[r] * load<T>(g, idx) * C[y]);
       }
     }
+  }
+
+  // len contiguous elements with a row and a column factor each (re holds
+  // the sign times the row factor): small groups, no clamping.
+  template <bool Torch, bool Momentum, bool Decay>
+  void span3(P* p, const P* g, S* m, i64 base, i64 len, const T* re, const T* ce) const {
+    const Tail<Torch, Momentum, Decay> tail(*this);
+    i64 x = 0;
+    if (!job.stochastic_rounding) {
+      for (; x + kLanes <= len; x += kLanes) {
+        tail.lanes(p, m, base + x, vload<T>(re + x) * vload<T>(g + base + x) * vload<T>(ce + x));
+      }
+    }
+    for (; x < len; ++x) tail.one(p, m, base + x, re[x] * load<T>(g, base + x) * ce[x]);
+  }
+
+  using SpanFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*) const;
+  SpanFn pick_span3() const {
+    if (job.torch_variant) {
+      if (job.momentum) return job.weight_decay ? &Factored::span3<true, true, true> : &Factored::span3<true, true, false>;
+      return job.weight_decay ? &Factored::span3<true, false, true> : &Factored::span3<true, false, false>;
+    }
+    if (job.momentum) return job.weight_decay ? &Factored::span3<false, true, true> : &Factored::span3<false, true, false>;
+    return job.weight_decay ? &Factored::span3<false, false, true> : &Factored::span3<false, false, false>;
   }
 
   using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*) const;
@@ -588,6 +633,222 @@ struct Factored {
         }
       }
       unit += 1;
+    }
+  }
+};
+
+// ---------------------------------------------------------------- groups
+// Small matrices, one per leading index o (conv weights [out, in, kh, kw]
+// factored over kh x kw, or one small 2-D parameter): a block owns whole
+// groups, so it can finish their statistics itself. Pass G1 reads the
+// gradient once for the row and column sums, updates the state, and reads
+// it again (from cache) with the parameter for the sums of U^2 and
+// param^2; pass G2 rebuilds the factors from the state, by the same code,
+// and applies the update. Groups are taken kBatchElems elements at a time
+// so that the per-row and per-column work runs over arrays, not per group.
+// NN, MM: the group's shape when known at compile time (3 x 3 kernels, by
+// far the most common), else 0.
+template <class P, class S, int NN = 0, int MM = 0>
+struct Groups {
+  using T = typename Compute<P>::type;
+  const Job& job;
+  void* scratch;  // kGroupScratchBytes, this thread's
+  i64 rows() const { return NN ? NN : job.n; }
+  i64 cols() const { return MM ? MM : job.m; }
+
+  // Per batch, kBatchElems entries each (rows and columns never outnumber
+  // the elements).
+  struct Scratch {
+    double rs[kBatchElems], cs[kBatchElems];  // gradient sums
+    T ratio[kBatchElems], col[kBatchElems];   // row / mean_rows(row), col
+    T rf[kBatchElems], cf[kBatchElems];       // their rsqrt
+    T re[kBatchElems], ce[kBatchElems];       // per element: s * rf, cf
+    bool clamp[kBatchElems];                  // per group
+  };
+  static_assert(sizeof(Scratch) <= kGroupScratchBytes, "kGroupScratchBytes too small");
+
+  i64 batch() const {
+    const i64 b = kBatchElems / (rows() * cols());
+    return b < 1 ? 1 : b;
+  }
+
+  void range(i64 block, i64& o0, i64& o1) const {
+    o0 = block * job.block_size;
+    o1 = o0 + job.block_size < job.O ? o0 + job.block_size : job.O;
+  }
+
+  // The running statistics of groups [o0, o0 + nb) from their gradient sums.
+  void advance(i64 o0, i64 nb, const Scratch& w) const {
+    S* row = static_cast<S*>(job.row_var) + o0 * rows();
+    S* col = static_cast<S*>(job.col_var) + o0 * cols();
+    const T wt = static_cast<T>(job.lerp_weight);
+    const T b2 = static_cast<T>(job.beta2), ob2 = static_cast<T>(1.0 - job.beta2);
+    const T m = static_cast<T>(cols()), n = static_cast<T>(rows());
+    if (job.torch_variant) {
+      for (i64 k = 0; k < nb * rows(); ++k) {
+        store(row, k, lerp(load<T>(row, k), static_cast<T>(w.rs[k]) / m, wt));
+      }
+      for (i64 k = 0; k < nb * cols(); ++k) {
+        store(col, k, lerp(load<T>(col, k), static_cast<T>(w.cs[k]) / n, wt));
+      }
+    } else {
+      for (i64 k = 0; k < nb * rows(); ++k) {
+        store(row, k, load<T>(row, k) * b2 + static_cast<T>(w.rs[k]) / m * ob2);
+      }
+      for (i64 k = 0; k < nb * cols(); ++k) {
+        store(col, k, load<T>(col, k) * b2 + static_cast<T>(w.cs[k]) / n * ob2);
+      }
+    }
+  }
+
+  // From the state, as prepare_factors does for large matrices, but per
+  // group: ratios, columns, their rsqrt, and whether torch's floor
+  // V >= eps1^2 can bite in the group. Then re and ce per element. Returns
+  // whether any group of the batch clamps.
+  bool factors(i64 o0, i64 nb, Scratch& w) const {
+    const S* row = static_cast<const S*>(job.row_var) + o0 * rows();
+    const S* col = static_cast<const S*>(job.col_var) + o0 * cols();
+    const i64 n = rows(), m = cols();
+    const T eps1 = static_cast<T>(job.eps1);
+    bool any = false;
+    for (i64 gi = 0; gi < nb; ++gi) {
+      double sum = 0;
+      for (i64 i = 0; i < n; ++i) sum += static_cast<double>(load<T>(row, gi * n + i));
+      T mean = static_cast<T>(sum) / static_cast<T>(n);
+      if (job.torch_variant && mean < eps1) mean = eps1;
+      T min_ratio = T(1) / T(0), min_col = T(1) / T(0);
+      for (i64 i = gi * n; i < (gi + 1) * n; ++i) {
+        w.ratio[i] = load<T>(row, i) / mean;
+        min_ratio = w.ratio[i] < min_ratio ? w.ratio[i] : min_ratio;
+      }
+      for (i64 j = gi * m; j < (gi + 1) * m; ++j) {
+        w.col[j] = load<T>(col, j);
+        min_col = w.col[j] < min_col ? w.col[j] : min_col;
+      }
+      w.clamp[gi] = job.torch_variant && !(min_ratio * min_col >= eps1 * eps1);
+      any = any || w.clamp[gi];
+    }
+    // Whole arrays: the compiler vectorises these.
+    for (i64 k = 0; k < nb * n; ++k) w.rf[k] = T(1) / std::sqrt(w.ratio[k]);
+    for (i64 k = 0; k < nb * m; ++k) w.cf[k] = T(1) / std::sqrt(w.col[k]);
+    const T s = job.maximize ? T(-1) : T(1);
+    for (i64 gi = 0; gi < nb; ++gi) {
+      T* re = w.re + gi * n * m;
+      T* ce = w.ce + gi * n * m;
+      for (i64 i = 0; i < n; ++i) {
+        const T r = s * w.rf[gi * n + i];
+        for (i64 j = 0; j < m; ++j) {
+          re[i * m + j] = r;
+          ce[i * m + j] = w.cf[gi * m + j];
+        }
+      }
+    }
+    return any;
+  }
+
+  // U of element e (index within the batch) of group gi.
+  T update(const Scratch& w, i64 gi, i64 e, T gv) const {
+    if (w.clamp[gi]) {  // as Factored::update with clamping
+      const i64 n = rows(), m = cols();
+      const i64 i = gi * n + (e - gi * n * m) / m;
+      const i64 j = gi * m + (e - gi * n * m) % m;
+      const T ee = static_cast<T>(job.eps1);
+      const T v = w.ratio[i] * w.col[j];
+      return gv * rsqrt(v > ee * ee ? v : ee * ee);
+    }
+    return w.re[e] * gv * w.ce[e];
+  }
+
+  void pass1(i64 block) const {
+    Scratch& w = *static_cast<Scratch*>(scratch);
+    const P* g = static_cast<const P*>(job.grad);
+    const P* p = static_cast<const P*>(job.param);
+    const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
+    const i64 n = rows(), m = cols(), nm = n * m;
+    Wide usq_lanes, psq_lanes;
+    double usq[kLanes] = {}, psq[kLanes] = {};
+    i64 o0, o1;
+    range(block, o0, o1);
+    for (i64 ob = o0; ob < o1; ob += batch()) {
+      const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
+      const P* gb = g + ob * nm;
+      const P* pb = p + ob * nm;
+      for (i64 k = 0; k < nb * m; ++k) w.cs[k] = 0;
+      for (i64 gi = 0; gi < nb && MM == 0 && m >= kLanes; ++gi) {
+        // Rows long enough for the vector loops of the large-matrix pass 1.
+        const Factored<P, S> f{job};
+        i64 i = 0;
+        for (; i + kRows1 <= n; i += kRows1) {
+          f.template rows1<kRows1, true>(gb + (gi * n + i) * m, w.cs + gi * m, add, w.rs + gi * n + i);
+        }
+        for (; i < n; ++i) {
+          f.template rows1<1, true>(gb + (gi * n + i) * m, w.cs + gi * m, add, w.rs + gi * n + i);
+        }
+      }
+      for (i64 gi = 0; gi < nb && !(MM == 0 && m >= kLanes); ++gi) {
+        for (i64 i = 0; i < n; ++i) {
+          double row = 0;
+          for (i64 j = 0; j < m; ++j) {
+            const T gv = load<T>(gb, (gi * n + i) * m + j);
+            const T sq = gv * gv + add;
+            row += sq;
+            w.cs[gi * m + j] += sq;
+          }
+          w.rs[gi * n + i] = row;
+        }
+      }
+      advance(ob, nb, w);
+      const bool any_clamp = factors(ob, nb, w);
+      const i64 len = nb * nm;
+      i64 e = 0;
+      if (!any_clamp) {
+        const i64 lv = len - len % kLanes;
+        for (; e < lv; e += kRun) {
+          const i64 end = e + kRun < lv ? e + kRun : lv;
+          vec<T> a{}, q{};
+          for (i64 c = e; c < end; c += kLanes) {
+            const vec<T> u = vload<T>(w.re + c) * vload<T>(gb + c) * vload<T>(w.ce + c);
+            const vec<T> pv = vload<T>(pb + c);
+            a += u * u;
+            q += pv * pv;
+          }
+          usq_lanes.add(a);
+          psq_lanes.add(q);
+        }
+        e = lv;
+      }
+      for (; e < len; ++e) {
+        const T u = update(w, e / nm, e, load<T>(gb, e));
+        usq[e % kLanes] += static_cast<double>(u) * u;
+        const T pv = load<T>(pb, e);
+        psq[e % kLanes] += static_cast<double>(pv) * pv;
+      }
+    }
+    job.update_sq[block] = usq_lanes.sum() + lane_sum(usq);
+    job.param_sq[block] = psq_lanes.sum() + lane_sum(psq);
+  }
+
+  void pass2(i64 block) const {
+    Scratch& w = *static_cast<Scratch*>(scratch);
+    const Factored<P, S> f{job};
+    const auto span = f.pick_span3();
+    const P* g = static_cast<const P*>(job.grad);
+    P* p = static_cast<P*>(job.param);
+    S* mom = static_cast<S*>(job.exp_avg);
+    const i64 nm = rows() * cols();
+    i64 o0, o1;
+    range(block, o0, o1);
+    for (i64 ob = o0; ob < o1; ob += batch()) {
+      const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
+      const i64 base = ob * nm;
+      if (!factors(ob, nb, w)) {
+        (f.*span)(p, g, mom, base, nb * nm, w.re, w.ce);
+        continue;
+      }
+      for (i64 e = 0; e < nb * nm; ++e) {
+        const T u = update(w, e / nm, e, load<T>(g, base + e));
+        f.put(p, base + e, f.apply(load<T>(p, base + e), u, mom, base + e));
+      }
     }
   }
 };
@@ -655,13 +916,13 @@ struct Unfactored {
 };
 
 template <class P, class S>
-void run_typed(const Job& job, Pass pass, i64 b0, i64 b1) {
+void run_typed(const Job& job, Pass pass, i64 b0, i64 b1, void* scratch) {
   // Each pass starts where the last one ended: pass 2 (and U2) takes a
   // thread's blocks last to first, so that the blocks it meets first are
   // the ones pass 1 read last and the cache still holds; pass 3 then meets
   // first what pass 2 read last. Per-block sums make the order irrelevant
   // to the results.
-  const bool backwards = pass == Pass::F2 || pass == Pass::U2;
+  const bool backwards = pass == Pass::F2 || pass == Pass::U2 || pass == Pass::G2;
   for (i64 n = 0; n < b1 - b0; ++n) {
     const i64 b = backwards ? b1 - 1 - n : b0 + n;
     switch (pass) {
@@ -670,21 +931,35 @@ void run_typed(const Job& job, Pass pass, i64 b0, i64 b1) {
       case Pass::F3: Factored<P, S>{job}.pass3(b); break;
       case Pass::U1: Unfactored<P, S>{job}.pass1(b); break;
       case Pass::U2: Unfactored<P, S>{job}.pass2(b); break;
+      case Pass::G1:
+        if (job.n == 3 && job.m == 3) {
+          Groups<P, S, 3, 3>{job, scratch}.pass1(b);
+        } else {
+          Groups<P, S>{job, scratch}.pass1(b);
+        }
+        break;
+      case Pass::G2:
+        if (job.n == 3 && job.m == 3) {
+          Groups<P, S, 3, 3>{job, scratch}.pass2(b);
+        } else {
+          Groups<P, S>{job, scratch}.pass2(b);
+        }
+        break;
     }
   }
 }
 
 }  // namespace
 
-void run(const Job& job, Pass pass, std::int64_t b0, std::int64_t b1) {
+void run(const Job& job, Pass pass, std::int64_t b0, std::int64_t b1, void* scratch) {
   if (job.param_dtype == Dtype::F32) {
-    run_typed<float, float>(job, pass, b0, b1);
+    run_typed<float, float>(job, pass, b0, b1, scratch);
   } else if (job.param_dtype == Dtype::F64) {
-    run_typed<double, double>(job, pass, b0, b1);
+    run_typed<double, double>(job, pass, b0, b1, scratch);
   } else if (job.state_dtype == Dtype::F32) {
-    run_typed<bf16, float>(job, pass, b0, b1);
+    run_typed<bf16, float>(job, pass, b0, b1, scratch);
   } else {
-    run_typed<bf16, bf16>(job, pass, b0, b1);
+    run_typed<bf16, bf16>(job, pass, b0, b1, scratch);
   }
 }
 
