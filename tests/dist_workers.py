@@ -230,6 +230,44 @@ def fsdp2(rank: int, world: int, port: int, out_dir: str) -> None:
     finish()
 
 
+def make_conv_model(seed: int = 0) -> torch.nn.Module:
+    # Conv weights [3, 2, 3, 3] and [1, 3, 3, 3] split over 2 ranks along the
+    # output channels: 2+1 and 1+0 (an empty shard). Their 3x3 kernels are
+    # the factored matrices, so each shard holds whole ones.
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Flatten(),
+                               torch.nn.Linear(16, 1)).double()
+
+
+def conv_batches(steps: int, n: int = 8):
+    gen = torch.Generator().manual_seed(6)
+    return [(torch.randn(n, 2, 4, 4, generator=gen, dtype=torch.float64),
+             torch.randn(n, 1, generator=gen, dtype=torch.float64)) for _ in range(steps)]
+
+
+def fsdp2_conv(rank: int, world: int, port: int, out_dir: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    init(rank, world, port)
+    data = conv_batches(STEPS)
+    model = make_conv_model()
+    for layer in model:
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = tcltorch.Adafactor(model.parameters(), **FSDP2_OPTIONS)
+    train_steps(model, opt, data, rank, world)
+    full = [p.full_tensor() for p in model.parameters()]
+    if rank == 0:
+        single = make_conv_model()
+        ref = tcltorch.Adafactor(single.parameters(), **FSDP2_OPTIONS)
+        train_steps(single, ref, data)
+        torch.save({"fsdp2": full, "single": [p.detach() for p in single.parameters()]},
+                   Path(out_dir) / "result.pt")
+    finish()
+
+
 def dcp_checkpoints(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
