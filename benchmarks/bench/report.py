@@ -508,10 +508,13 @@ def write_docs(results, docs_dir: Path) -> Path:
               "alive (sums of squares, then `p -= a * g`) in AVX2 vectors with four "
               "accumulators, so it is bound by memory, not by arithmetic. Like the step, it "
               "benefits from caches where a tensor fits (32 MB of L3 here: a 2048x2048 "
-              "gradient is 16 MB). tcltorch's kernel also reads the parameter in its first "
+              "gradient is 16 MB). tcltorch's kernel also reads the parameter in its second "
               "pass (for RMS(param), which the step size needs before the update), so it "
               "moves 24 bytes per parameter where the floor moves 20: 1.2x is the least "
-              "ratio it can reach by streaming alone.",
+              "ratio it could reach by streaming alone. It wins some of that back from the "
+              "cache: its second pass takes each thread's blocks last to first, so passes 2 "
+              "and 3 start on what the pass before left in the cache, and it reads several "
+              "rows at once (more streams in flight per core than the floor's one).",
               "- **Peak memory.** `benchmarks/peak_memory.py` (and `bench_step peak`), the "
               "method of `tests/tools/step_peak_memory.py`: in a fresh process, a warm-up "
               "step, then `/proc/self/clear_refs` \"5\" resets the peak RSS, one step, and "
