@@ -227,11 +227,14 @@ int cmd_optimizer_adamw(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
   return adam_like<torch::optim::AdamW, torch::optim::AdamWOptions>(kAdamW, "adamw", r, i, c, v);
 }
 
+// (1 - dampening) weights the gradient in the momentum buffer.
+const NumberRule kUnitInterval{[](double v) { return v >= 0 && v <= 1; }, "in [0, 1]"};
+
 const CommandSpec kSgd{"torch::optimizer_sgd", {
     {.name = "parameters", .required = true, .placeholder = "tensorsOrModule"},
     {.name = "lr", .type = ArgType::Double, .default_value = "0.001", .rule = kNonNegative},
     {.name = "momentum", .type = ArgType::Double, .default_value = "0.0", .rule = kNonNegative},
-    {.name = "dampening", .type = ArgType::Double, .default_value = "0.0"},
+    {.name = "dampening", .type = ArgType::Double, .default_value = "0.0", .rule = kUnitInterval},
     {.name = "weightDecay", .snake = "weight_decay", .type = ArgType::Double,
      .default_value = "0.0", .rule = kNonNegative},
     {.name = "nesterov", .type = ArgType::Bool, .default_value = "0", .placeholder = "bool"},

@@ -3,7 +3,9 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
+#include <cstdint>
 #include <cstring>
+#include <utility>
 #include <sstream>
 
 #include "argspec.h"
@@ -244,6 +246,17 @@ class Flattener {
   bool integral_;
 };
 
+// The values an integer dtype narrower than int64 holds.
+std::pair<std::int64_t, std::int64_t> integer_range(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kChar: return {INT8_MIN, INT8_MAX};
+    case at::kShort: return {INT16_MIN, INT16_MAX};
+    case at::kInt: return {INT32_MIN, INT32_MAX};
+    case at::kByte: return {0, UINT8_MAX};
+    default: return {INT64_MIN, INT64_MAX};
+  }
+}
+
 const CommandSpec kTensorCreate{"torch::tensor_create", {
     {.name = "values", .required = true, .placeholder = "values"},
     {.name = "shape", .placeholder = "shape"},
@@ -261,6 +274,22 @@ int cmd_tensor_create(Registry& registry, Tcl_Interp* interp, int objc,
   const bool integral = !at::isFloatingType(dtype);
   Flattener values(interp, args.obj("values"), integral);
   if (values.run() != TCL_OK) return TCL_ERROR;
+  if (integral && dtype != at::kLong && dtype != at::kBool) {
+    // As torch.tensor does: a value that does not fit the dtype is an error,
+    // not a silent wrap-around.
+    const auto [lo, hi] = integer_range(dtype);
+    for (const std::int64_t v : values.ivals) {
+      if (v < lo || v > hi) {
+        Tcl_Obj* bad = Tcl_NewWideIntObj(static_cast<Tcl_WideInt>(v));
+        Tcl_IncrRefCount(bad);
+        const int rc = bad_value(interp, "values", bad,
+                                 "must be integers in [" + std::to_string(lo) + ", " +
+                                     std::to_string(hi) + "] for " + args.str("dtype"));
+        Tcl_DecrRefCount(bad);
+        return rc;
+      }
+    }
+  }
   at::Tensor t = integral ? at::tensor(values.ivals, at::kLong)
                           : at::tensor(values.dvals, at::kDouble);
   std::vector<std::int64_t> shape = values.shape;

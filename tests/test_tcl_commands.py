@@ -138,6 +138,15 @@ def test_tensor_create(tcl):
     assert torch.equal(t, torch.tensor([[-1.0, 2], [3, -4]]))
 
 
+def test_tensor_create_integer_dtypes_take_their_whole_range(tcl):
+    for dtype, (lo, hi) in {"int8": (-128, 127), "int16": (-32768, 32767), "uint8": (0, 255),
+                            "int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}.items():
+        t = T(tcl, tcl.eval(f"torch::tensor_create {{{lo} {hi}}} {{}} {dtype}"))
+        assert t.dtype == DTYPES[dtype] and t.tolist() == [lo, hi]
+    b = T(tcl, tcl.eval("torch::tensor_create {0 2 -5} {} bool"))
+    assert b.tolist() == [False, True, True]
+
+
 def test_tensor_create_positional_with_negative_first_value(tcl):
     t = T(tcl, tcl.eval("torch::tensor_create {-1 2}"))
     assert torch.equal(t, torch.tensor([-1.0, 2.0]))
@@ -1155,6 +1164,10 @@ BAD = [
         ("torch::tensor_create {1 two}", VALUE + ("-values",), "-values"),
         ("torch::tensor_create {1 2 3} {2 2}", VALUE + ("-shape",), "-shape"),
         ("torch::tensor_create {1.5 2} {} int64", VALUE + ("-values",), "integers"),
+        ("torch::tensor_create {1 300} {} uint8", VALUE + ("-values", "300"), "[0, 255] for uint8"),
+        ("torch::tensor_create {-129} {} int8", VALUE + ("-values", "-129"), "[-128, 127] for int8"),
+        ("torch::tensor_create -values 2147483648 -dtype int32", VALUE + ("-values", "2147483648"),
+         "[-2147483648, 2147483647] for int32"),
         ("torch::tensor_create {1 2} {} int64 1", VALUE + ("-requiresGrad",), "-requiresGrad"),
         ("torch::tensor_create -values {1} -bogus 1", lookup("-bogus"), "bad option"),
     ]),
@@ -1426,6 +1439,9 @@ BAD += [
          "-momentum"),
         ("torch::optimizer_sgd -parameters $w -nesterov 1", VALUE + ("-nesterov", "1"),
          "needs -momentum > 0"),
+        ("torch::optimizer_sgd -parameters $w -dampening 1.5", VALUE + ("-dampening", "1.5"),
+         "must be in [0, 1]"),
+        ("torch::optimizer_sgd $w 0.1 0.9 -0.5", VALUE + ("-dampening", "-0.5"), "in [0, 1]"),
         ("torch::optimizer_sgd -parameters $w -beta1 0.9", lookup("-beta1"), "bad option"),
         ("torch::optimizer_sgd -parameters $o", HANDLE, "not a tensor or module"),
     ]),
