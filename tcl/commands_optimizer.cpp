@@ -318,37 +318,6 @@ int cmd_optimizer_lr(Registry& registry, Tcl_Interp* interp, int objc,
 // Written into files by torch::optimizer_save next to LibTorch's own keys.
 constexpr const char* kKindKey = "tcltorch_optimizer";
 
-// The state tensors of one parameter, by name, whatever the optimizer.
-std::vector<std::pair<std::string, at::Tensor>> state_tensors(
-    const torch::optim::OptimizerParamState& state, double& step) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  auto add = [&](const char* name, const at::Tensor& t) {
-    if (t.defined()) out.emplace_back(name, t);
-  };
-  step = 0;
-  if (auto* s = dynamic_cast<const AdafactorParamState*>(&state)) {
-    step = s->step().defined() ? s->step().item<double>() : 0;
-    add("step", s->step());
-    add("row_var", s->row_var());
-    add("col_var", s->col_var());
-    add("variance", s->variance());
-    add("exp_avg", s->exp_avg());
-  } else if (auto* s = dynamic_cast<const torch::optim::AdamParamState*>(&state)) {
-    step = static_cast<double>(s->step());
-    add("exp_avg", s->exp_avg());
-    add("exp_avg_sq", s->exp_avg_sq());
-    add("max_exp_avg_sq", s->max_exp_avg_sq());
-  } else if (auto* s = dynamic_cast<const torch::optim::AdamWParamState*>(&state)) {
-    step = static_cast<double>(s->step());
-    add("exp_avg", s->exp_avg());
-    add("exp_avg_sq", s->exp_avg_sq());
-    add("max_exp_avg_sq", s->max_exp_avg_sq());
-  } else if (auto* s = dynamic_cast<const torch::optim::SGDParamState*>(&state)) {
-    add("momentum_buffer", s->momentum_buffer());
-  }
-  return out;
-}
-
 Tcl_Obj* shape_list(at::IntArrayRef sizes) {
   Tcl_Obj* list = Tcl_NewListObj(0, nullptr);
   for (auto d : sizes) Tcl_ListObjAppendElement(nullptr, list, Tcl_NewWideIntObj(d));
@@ -388,7 +357,7 @@ int cmd_optimizer_state(Registry& registry, Tcl_Interp* interp, int objc,
       double step = 0;
       auto it = states.find(p.unsafeGetTensorImpl());
       if (it != states.end()) {
-        for (const auto& [name, t] : state_tensors(*it->second, step)) {
+        for (const auto& [name, t] : optimizer_state_tensors(*it->second, step)) {
           Tcl_Obj* info = Tcl_NewDictObj();
           dict_put(info, "shape", shape_list(t.sizes()));
           dict_put(info, "dtype", Tcl_NewStringObj(dtype_name(t.scalar_type()), -1));
@@ -455,37 +424,6 @@ int cmd_optimizer_save(Registry& registry, Tcl_Interp* interp, int objc,
 }
 
 // Every state tensor of a loaded optimizer must fit its parameter.
-void check_loaded_state(const torch::optim::Optimizer& optimizer) {
-  for (const auto& group : optimizer.param_groups()) {
-    for (const auto& p : group.params()) {
-      auto it = optimizer.state().find(p.unsafeGetTensorImpl());
-      if (it == optimizer.state().end()) continue;
-      if (auto* s = dynamic_cast<const AdafactorParamState*>(it->second.get())) {
-        adafactor_check_state(p, *s, static_cast<const AdafactorOptions&>(group.options()));
-        continue;
-      }
-      double step = 0;
-      for (const auto& [name, t] : state_tensors(*it->second, step)) {
-        TORCH_CHECK(t.sizes() == p.sizes(), "state \"", name, "\" has shape ", t.sizes(),
-                    " but its parameter has shape ", p.sizes());
-      }
-    }
-  }
-  // A damaged payload can still parse: state is never infinite or NaN.
-  for (const auto& group : optimizer.param_groups()) {
-    for (const auto& p : group.params()) {
-      auto it = optimizer.state().find(p.unsafeGetTensorImpl());
-      if (it == optimizer.state().end()) continue;
-      double step = 0;
-      for (const auto& [name, t] : state_tensors(*it->second, step)) {
-        TORCH_CHECK(at::isfinite(t).all().item<bool>(), "state \"", name,
-                    "\" holds infinite or NaN values (a damaged file?)");
-      }
-      TORCH_CHECK(std::isfinite(step) && step >= 0, "state step ", step, " is not a count");
-    }
-  }
-}
-
 // Loads into a fresh optimizer first: a missing, truncated, corrupted,
 // wrong-kind or wrong-shape file leaves the live optimizer untouched.
 int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
