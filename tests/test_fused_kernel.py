@@ -49,10 +49,13 @@ CONFIGS = [
     {"factored_dims": "largest_two", "variant": "transformers", "beta1": 0.5},
     {"min_dim_size_to_factor": 8},
 ]
-# (37, 300) and (150, 520): rows taken several at a time with leftover rows
-# and columns; (150, 520) is cut into two blocks mid-group.
+# Matrices of at most 2048 elements take the small-group passes ((1, 300),
+# (3, 40, 50), (16, 8, 3, 3), ...), larger ones the three passes: (37, 300)
+# and (150, 520) take rows several at a time with leftover rows and columns,
+# (150, 520) is cut into two blocks mid-group, and (20, 3, 45, 50) has blocks
+# of whole leading indices that own their columns.
 SHAPES = [(257,), (33, 65), (1, 300), (300, 1), (3, 40, 50), (16, 8, 3, 3), (40, 3, 50, 2),
-          (37, 300), (150, 520)]
+          (37, 300), (150, 520), (20, 3, 45, 50)]
 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
@@ -69,7 +72,8 @@ def test_fused_equals_aten_path(options, dtype):
             assert rel_err(sa[name], sb[name]) <= tol, (shape, name)
 
 
-@pytest.mark.parametrize("shape", [(20, 30), (12, 10, 3, 3), (4, 5, 40, 30)])
+@pytest.mark.parametrize("shape", [(20, 30), (50, 60), (12, 10, 3, 3), (4, 5, 40, 30),
+                                   (3, 4, 50, 60)])
 @pytest.mark.parametrize("variant", ["torch", "transformers"])
 def test_fused_handles_all_zero_rows_and_columns(variant, shape):
     # torch floors V at eps1^2: with whole rows and columns of zero gradient
