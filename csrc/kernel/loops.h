@@ -710,24 +710,26 @@ struct Groups {
     const S* col = static_cast<const S*>(job.col_var) + o0 * cols();
     const i64 n = rows(), m = cols();
     const T eps1 = static_cast<T>(job.eps1);
-    bool any = false;
+    // The mean of each group's rows, spread over its rows (in rf, which is
+    // free until the rsqrt below), so that the divisions run as one loop.
     for (i64 gi = 0; gi < nb; ++gi) {
       double sum = 0;
       for (i64 i = 0; i < n; ++i) sum += static_cast<double>(load<T>(row, gi * n + i));
       T mean = static_cast<T>(sum) / static_cast<T>(n);
       if (job.torch_variant && mean < eps1) mean = eps1;
-      T min_ratio = T(1) / T(0), min_col = T(1) / T(0);
-      for (i64 i = gi * n; i < (gi + 1) * n; ++i) {
-        w.ratio[i] = load<T>(row, i) / mean;
-        min_ratio = w.ratio[i] < min_ratio ? w.ratio[i] : min_ratio;
-      }
-      for (i64 j = gi * m; j < (gi + 1) * m; ++j) {
-        w.col[j] = load<T>(col, j);
-        min_col = w.col[j] < min_col ? w.col[j] : min_col;
-      }
-      w.clamp[gi] = job.torch_variant && !(min_ratio * min_col >= eps1 * eps1);
+      for (i64 i = 0; i < n; ++i) w.rf[gi * n + i] = mean;
+    }
+    for (i64 k = 0; k < nb * n; ++k) w.ratio[k] = load<T>(row, k) / w.rf[k];
+    for (i64 k = 0; k < nb * m; ++k) w.col[k] = load<T>(col, k);
+    bool any = false;
+    for (i64 gi = 0; gi < nb && job.torch_variant; ++gi) {
+      T min_ratio = w.ratio[gi * n], min_col = w.col[gi * m];
+      for (i64 i = 1; i < n; ++i) min_ratio = w.ratio[gi * n + i] < min_ratio ? w.ratio[gi * n + i] : min_ratio;
+      for (i64 j = 1; j < m; ++j) min_col = w.col[gi * m + j] < min_col ? w.col[gi * m + j] : min_col;
+      w.clamp[gi] = !(min_ratio * min_col >= eps1 * eps1);
       any = any || w.clamp[gi];
     }
+    for (i64 gi = 0; gi < nb && !job.torch_variant; ++gi) w.clamp[gi] = false;
     // Whole arrays: the compiler vectorises these.
     for (i64 k = 0; k < nb * n; ++k) w.rf[k] = T(1) / std::sqrt(w.ratio[k]);
     for (i64 k = 0; k < nb * m; ++k) w.cf[k] = T(1) / std::sqrt(w.col[k]);
