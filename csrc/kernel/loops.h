@@ -339,27 +339,38 @@ struct Factored {
     return r * gv * c;  // the order of the vector loops: (s*r)*g*c
   }
 
-  template <class Fn>
-  void for_each(i64 block, Fn&& fn) const {
+  // The units of a block, for passes 2 and 3: rows(base, R, C, nr) for nr
+  // (NR, or 1 where NR do not fit) contiguous rows of one matrix, with their
+  // row factors R[0..nr) and column factors C, when L == 1 and no V is
+  // clamped; else line(at, len, R, rstride, C) for each contiguous line, to
+  // be taken element by element.
+  template <int NR, class Rows, class Line>
+  void walk(i64 block, Rows&& rows, Line&& line) const {
     const T* R = static_cast<const T*>(job.row_factor);
     const T* C = static_cast<const T*>(job.col_factor);
     const i64 units = job.O * job.n * job.K;
     const i64 u0 = block * job.block_size;
     const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
-    for (i64 unit = u0; unit < u1; ++unit) {
+    for (i64 unit = u0; unit < u1;) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
-      if (job.L == 1) {
-        fn(base, job.m, R + unit, 0, C + col_base);
-      } else {
-        for (i64 j = 0; j < job.m; ++j) {
-          fn(base + j * job.L, job.L, R + unit * job.L, 1, C + col_base + j * job.L);
-        }
+      if (job.L == 1 && !job.clamp) {
+        const i64 nr = job.K == 1 && unit + NR <= u1 && i + NR <= job.n ? NR : 1;
+        rows(base, R + unit, C + col_base, nr);
+        unit += nr;
+        continue;
       }
+      const i64 lines = job.L == 1 ? 1 : job.m;
+      const i64 len = job.L == 1 ? job.m : job.L;
+      const T* Rl = job.L == 1 ? R + unit : R + unit * job.L;
+      const i64 rstride = job.L == 1 ? 0 : 1;
+      for (i64 j = 0; j < lines; ++j) line(base + j * len, len, Rl, rstride, C + col_base + j * len);
+      unit += 1;
     }
   }
+
 
   // Pass 2: the sums of U^2 and of param^2 (for RMS(param), needed only
   // from pass 3 on). Reading the parameter here rather than in pass 1 gives
@@ -407,45 +418,25 @@ struct Factored {
     const P* g = grad();
     const P* p = param();
     const T s = sign();
-    const T* R = static_cast<const T*>(job.row_factor);
-    const T* C = static_cast<const T*>(job.col_factor);
     double usq[kLanes] = {}, psq[kLanes] = {};
     Wide usq_lanes, psq_lanes;
-    const i64 units = job.O * job.n * job.K;
-    const i64 u0 = block * job.block_size;
-    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
-    for (i64 unit = u0; unit < u1;) {
-      i64 o, i, k;
-      unit_index(unit, o, i, k);
-      const i64 col_base = (o * job.K + k) * job.m * job.L;
-      const i64 base = unit * job.m * job.L;
-      if (job.L == 1 && !job.clamp) {
-        if (job.K == 1 && unit + kRows2 <= u1 && i + kRows2 <= job.n) {
-          rows2<kRows2>(g + base, p + base, R + unit, C + col_base, usq_lanes, psq_lanes, usq, psq);
-          unit += kRows2;
-        } else {
-          rows2<1>(g + base, p + base, R + unit, C + col_base, usq_lanes, psq_lanes, usq, psq);
-          unit += 1;
-        }
-        continue;
-      }
-      // Lines of L elements, or V clamped: element by element.
-      const i64 lines = job.L == 1 ? 1 : job.m;
-      const i64 len = job.L == 1 ? job.m : job.L;
-      for (i64 j = 0; j < lines; ++j) {
-        const T* Rl = job.L == 1 ? R + unit : R + unit * job.L;
-        const i64 rstride = job.L == 1 ? 0 : 1;
-        const T* Cl = C + col_base + j * len;
-        const i64 at = base + j * len;
-        for (i64 x = 0; x < len; ++x) {
-          const T u = update(s * load<T>(g, at + x), Rl[x * rstride], Cl[x]);
-          usq[x % kLanes] += static_cast<double>(u) * u;
-          const T pv = load<T>(p, at + x);
-          psq[x % kLanes] += static_cast<double>(pv) * pv;
-        }
-      }
-      unit += 1;
-    }
+    walk<kRows2>(
+        block,
+        [&](i64 base, const T* R, const T* C, i64 nr) {
+          if (nr == kRows2) {
+            rows2<kRows2>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq);
+          } else {
+            rows2<1>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq);
+          }
+        },
+        [&](i64 at, i64 len, const T* R, i64 rstride, const T* C) {
+          for (i64 x = 0; x < len; ++x) {
+            const T u = update(s * load<T>(g, at + x), R[x * rstride], C[x]);
+            usq[x % kLanes] += static_cast<double>(u) * u;
+            const T pv = load<T>(p, at + x);
+            psq[x % kLanes] += static_cast<double>(pv) * pv;
+          }
+        });
     job.update_sq[block] = lane_sum(usq) + usq_lanes.sum();
     job.param_sq[block] = lane_sum(psq) + psq_lanes.sum();
   }
@@ -598,42 +589,18 @@ struct Factored {
     P* p = param();
     S* m = static_cast<S*>(job.exp_avg);
     const T s = sign();
-    const T* R = static_cast<const T*>(job.row_factor);
-    const T* C = static_cast<const T*>(job.col_factor);
     const RowsFn one = pick_rows3<1>(), several = pick_rows3<kRows3>();
-    const i64 units = job.O * job.n * job.K;
-    const i64 u0 = block * job.block_size;
-    const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
-    for (i64 unit = u0; unit < u1;) {
-      i64 o, i, k;
-      unit_index(unit, o, i, k);
-      const i64 col_base = (o * job.K + k) * job.m * job.L;
-      const i64 base = unit * job.m * job.L;
-      if (job.L == 1 && !job.clamp) {
-        if (job.K == 1 && unit + kRows3 <= u1 && i + kRows3 <= job.n) {
-          (this->*several)(p, g, m, base, job.m, R + unit, C + col_base);
-          unit += kRows3;
-        } else {
-          (this->*one)(p, g, m, base, job.m, R + unit, C + col_base);
-          unit += 1;
-        }
-        continue;
-      }
-      // Lines of L elements, or V clamped: element by element.
-      const i64 lines = job.L == 1 ? 1 : job.m;
-      const i64 len = job.L == 1 ? job.m : job.L;
-      const T* Rl = job.L == 1 ? R + unit : R + unit * job.L;
-      const i64 rstride = job.L == 1 ? 0 : 1;
-      for (i64 j = 0; j < lines; ++j) {
-        const T* Cl = C + col_base + j * len;
-        const i64 at = base + j * len;
-        for (i64 x = 0; x < len; ++x) {
-          const T u = update(s * load<T>(g, at + x), Rl[x * rstride], Cl[x]);
-          put(p, at + x, apply(load<T>(p, at + x), u, m, at + x));
-        }
-      }
-      unit += 1;
-    }
+    walk<kRows3>(
+        block,
+        [&](i64 base, const T* R, const T* C, i64 nr) {
+          (this->*(nr == kRows3 ? several : one))(p, g, m, base, job.m, R, C);
+        },
+        [&](i64 at, i64 len, const T* R, i64 rstride, const T* C) {
+          for (i64 x = 0; x < len; ++x) {
+            const T u = update(s * load<T>(g, at + x), R[x * rstride], C[x]);
+            put(p, at + x, apply(load<T>(p, at + x), u, m, at + x));
+          }
+        });
   }
 };
 
