@@ -231,15 +231,26 @@ struct Factored {
     o = unit / (job.K * job.n);
   }
 
-  // Pass 1 over NR contiguous rows of m elements that share their columns:
-  // G^2 (+ add) summed along each row into rows[r] and, over the NR rows,
+  // Rows of one matrix in a block [u0, u1) can be taken NR at a time from
+  // NR segments of the block, q rows apart, rather than NR neighbours: the
+  // streams then lie far apart in memory, which a core reads faster (more
+  // DRAM banks at work) than neighbouring rows. Returns q, or 0 where the
+  // block is not NR or more rows of one matrix (K == L == 1).
+  i64 spread(i64 u0, i64 u1, i64 nr) const {
+    if (job.L != 1 || job.K != 1 || u1 - u0 < nr || u0 / job.n != (u1 - 1) / job.n) return 0;
+    return (u1 - u0) / nr;
+  }
+
+  // Pass 1 over NR rows of m elements, sr rows apart (row r at g + r * sr *
+  // m), that share their columns: G^2 (+ add) summed along each row into
+  // rows[r * sr] and, over the NR rows,
   // added into the double column sums colp. NR rows at once read NR streams
   // (more memory parallelism than one) and touch colp once per NR rows. One
   // accumulator per row keeps the adds off one dependency chain; runs of
   // kRun join per-lane double sums. The sign is left out: (-g)^2 == g^2.
   template <int NR, bool Eps>
-  void rows1(const P* g, double* colp, T add, double* rows) const {
-    const i64 m = job.m;
+  void rows1(const P* g, double* colp, T add, double* rows, i64 sr = 1) const {
+    const i64 m = job.m, rs = sr * m;
     Wide lanes[NR];
     const vec<T> vadd = splat<T>(add);
     const i64 mv = m - m % kLanes;  // the vectorised part
@@ -250,7 +261,7 @@ struct Factored {
       for (i64 c = j; c < end; c += kLanes) {
         vec<T> col{};
         for (int r = 0; r < NR; ++r) {
-          const vec<T> gv = vload<T>(g + r * m + c);
+          const vec<T> gv = vload<T>(g + r * rs + c);
           vec<T> sq = gv * gv;
           if constexpr (Eps) sq += vadd;
           acc[r] += sq;
@@ -265,14 +276,14 @@ struct Factored {
     for (j = mv; j < m; ++j) {
       T col = 0;
       for (int r = 0; r < NR; ++r) {
-        const T gv = load<T>(g, r * m + j);
+        const T gv = load<T>(g, r * rs + j);
         const T sq = gv * gv + add;
         total[r] += sq;
         col += sq;
       }
       colp[j] += col;
     }
-    for (int r = 0; r < NR; ++r) rows[r] = total[r];
+    for (int r = 0; r < NR; ++r) rows[r * sr] = total[r];
   }
 
   // Pass 1: G^2 (+ eps1 for the transformers variant) summed along rows into
@@ -295,7 +306,17 @@ struct Factored {
     for (i64 c = c0; c < c1; ++c) colp[c] = 0;
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const P* g = grad();
-    for (i64 unit = u0; unit < u1;) {
+    const i64 q = spread(u0, u1, kRows1);
+    for (i64 r = 0; r < q; ++r) {  // kRows1 rows q apart
+      const i64 unit = u0 + r;
+      const i64 col_base = (unit / job.n) * job.m;
+      if (job.torch_variant) {
+        rows1<kRows1, false>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, q);
+      } else {
+        rows1<kRows1, true>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, q);
+      }
+    }
+    for (i64 unit = u0 + q * kRows1; unit < u1;) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
@@ -339,11 +360,12 @@ struct Factored {
     return r * gv * c;  // the order of the vector loops: (s*r)*g*c
   }
 
-  // The units of a block, for passes 2 and 3: rows(base, R, C, nr) for nr
-  // (NR, or 1 where NR do not fit) contiguous rows of one matrix, with their
-  // row factors R[0..nr) and column factors C, when L == 1 and no V is
-  // clamped; else line(at, len, R, rstride, C) for each contiguous line, to
-  // be taken element by element.
+  // The units of a block, for passes 2 and 3: rows(base, R, C, nr, sr) for
+  // nr rows of one matrix sr rows apart (NR spread over the block, see
+  // spread(); else NR neighbours, or 1 where NR do not fit), row r at
+  // base + r * sr * m with row factor R[r * sr] and column factors C, when
+  // L == 1 and no V is clamped; else line(at, len, R, rstride, C) for each
+  // contiguous line, to be taken element by element.
   template <int NR, class Rows, class Line>
   void walk(i64 block, Rows&& rows, Line&& line) const {
     const T* R = static_cast<const T*>(job.row_factor);
@@ -351,14 +373,19 @@ struct Factored {
     const i64 units = job.O * job.n * job.K;
     const i64 u0 = block * job.block_size;
     const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
-    for (i64 unit = u0; unit < u1;) {
+    const i64 q = job.clamp ? 0 : spread(u0, u1, NR);
+    for (i64 r = 0; r < q; ++r) {  // NR rows q apart
+      const i64 unit = u0 + r;
+      rows(unit * job.m, R + unit, C + (unit / job.n) * job.m, NR, q);
+    }
+    for (i64 unit = u0 + q * NR; unit < u1;) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
       if (job.L == 1 && !job.clamp) {
         const i64 nr = job.K == 1 && unit + NR <= u1 && i + NR <= job.n ? NR : 1;
-        rows(base, R + unit, C + col_base, nr);
+        rows(base, R + unit, C + col_base, nr, 1);
         unit += nr;
         continue;
       }
@@ -378,11 +405,12 @@ struct Factored {
   // read. NR rows of one matrix at a time, each with its own row factor.
   template <int NR>
   void rows2(const P* g, const P* p, const T* R, const T* C, Wide& usq_lanes,
-             Wide& psq_lanes, double* usq, double* psq) const {
+             Wide& psq_lanes, double* usq, double* psq, i64 sr = 1) const {
+    const i64 rs = sr * job.m;
     const i64 m = job.m;
     const T s = sign();
     vec<T> vsr[NR];
-    for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r]);
+    for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r * sr]);
     const i64 mv = m - m % kLanes;  // the vectorised part
     for (i64 x = 0; x < mv; x += kRun) {
       const i64 end = x + kRun < mv ? x + kRun : mv;
@@ -390,8 +418,8 @@ struct Factored {
       for (i64 c = x; c < end; c += kLanes) {
         const vec<T> cv = vload<T>(C + c);
         for (int r = 0; r < NR; ++r) {
-          const vec<T> u = vsr[r] * vload<T>(g + r * m + c) * cv;
-          const vec<T> pv = vload<T>(p + r * m + c);
+          const vec<T> u = vsr[r] * vload<T>(g + r * rs + c) * cv;
+          const vec<T> pv = vload<T>(p + r * rs + c);
           if (r % 2 == 0) {
             a0 += u * u;
             q0 += pv * pv;
@@ -406,9 +434,9 @@ struct Factored {
     }
     for (i64 x = mv; x < m; ++x) {
       for (int r = 0; r < NR; ++r) {
-        const T u = s * R[r] * load<T>(g, r * m + x) * C[x];
+        const T u = s * R[r * sr] * load<T>(g, r * rs + x) * C[x];
         usq[x % kLanes] += static_cast<double>(u) * u;
-        const T pv = load<T>(p, r * m + x);
+        const T pv = load<T>(p, r * rs + x);
         psq[x % kLanes] += static_cast<double>(pv) * pv;
       }
     }
@@ -422,9 +450,9 @@ struct Factored {
     Wide usq_lanes, psq_lanes;
     walk<kRows2>(
         block,
-        [&](i64 base, const T* R, const T* C, i64 nr) {
+        [&](i64 base, const T* R, const T* C, i64 nr, i64 sr) {
           if (nr == kRows2) {
-            rows2<kRows2>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq);
+            rows2<kRows2>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq, sr);
           } else {
             rows2<1>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq);
           }
@@ -522,29 +550,31 @@ struct Factored {
     }
   };
 
-  // NR contiguous rows of len elements (row r at base + r * len, row factor
-  // R[r]) with no clamping: the common case, NR rows at once for more
-  // streams in flight.
+  // NR rows of len elements sr rows apart (row r at base + r * sr * len, row
+  // factor R[r * sr]) with no clamping: the common case, NR rows at once for
+  // more streams in flight.
   template <int NR, bool Torch, bool Momentum, bool Decay>
-  void rows3(P* p, const P* g, S* m, i64 base, i64 len, const T* R, const T* C) const {
+  void rows3(P* p, const P* g, S* m, i64 base, i64 len, const T* R, const T* C,
+             i64 sr) const {
+    const i64 rs = sr * len;
     const Tail<Torch, Momentum, Decay> tail(*this);
     const T s = sign();
     i64 x = 0;
     if (!job.stochastic_rounding) {
       vec<T> vsr[NR];
-      for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r]);
+      for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r * sr]);
       for (; x + kLanes <= len; x += kLanes) {
         const vec<T> cv = vload<T>(C + x);
         for (int r = 0; r < NR; ++r) {
-          const i64 idx = base + r * len + x;
+          const i64 idx = base + r * rs + x;
           tail.lanes(p, m, idx, vsr[r] * vload<T>(g + idx) * cv);
         }
       }
     }
     for (int r = 0; r < NR; ++r) {
       for (i64 y = x; y < len; ++y) {
-        const i64 idx = base + r * len + y;
-        tail.one(p, m, idx, s * R[r] * load<T>(g, idx) * C[y]);
+        const i64 idx = base + r * rs + y;
+        tail.one(p, m, idx, s * R[r * sr] * load<T>(g, idx) * C[y]);
       }
     }
   }
@@ -573,7 +603,7 @@ struct Factored {
     return job.weight_decay ? &Factored::span3<false, false, true> : &Factored::span3<false, false, false>;
   }
 
-  using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*) const;
+  using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*, i64) const;
   template <int NR>
   RowsFn pick_rows3() const {
     if (job.torch_variant) {
@@ -592,8 +622,8 @@ struct Factored {
     const RowsFn one = pick_rows3<1>(), several = pick_rows3<kRows3>();
     walk<kRows3>(
         block,
-        [&](i64 base, const T* R, const T* C, i64 nr) {
-          (this->*(nr == kRows3 ? several : one))(p, g, m, base, job.m, R, C);
+        [&](i64 base, const T* R, const T* C, i64 nr, i64 sr) {
+          (this->*(nr == kRows3 ? several : one))(p, g, m, base, job.m, R, C, sr);
         },
         [&](i64 at, i64 len, const T* R, i64 rstride, const T* C) {
           for (i64 x = 0; x < len; ++x) {
