@@ -514,7 +514,8 @@ def write_docs(results, docs_dir: Path) -> Path:
               "ratio it could reach by streaming alone. It wins some of that back from the "
               "cache: its second pass takes each thread's blocks last to first, so passes 2 "
               "and 3 start on what the pass before left in the cache, and it reads several "
-              "rows at once (more streams in flight per core than the floor's one).",
+              "rows at once from segments of a block far apart (more streams in flight per "
+              "core than the floor's one).",
               "- **Peak memory.** `benchmarks/peak_memory.py` (and `bench_step peak`), the "
               "method of `tests/tools/step_peak_memory.py`: in a fresh process, a warm-up "
               "step, then `/proc/self/clear_refs` \"5\" resets the peak RSS, one step, and "
