@@ -652,6 +652,10 @@ struct Groups {
   void* scratch;  // kGroupScratchBytes, this thread's
   i64 rows() const { return NN ? NN : job.n; }
   i64 cols() const { return MM ? MM : job.m; }
+  // Rows long enough for the vector loops of large matrices, which take a
+  // row factor and the column factors as they are; shorter rows get the
+  // factors spread per element (re, ce) for one vector loop over the batch.
+  bool wide() const { return MM == 0 && cols() >= kLanes; }
 
   // Per batch, kBatchElems entries each (rows and columns never outnumber
   // the elements).
@@ -731,7 +735,7 @@ struct Groups {
     for (i64 k = 0; k < nb * n; ++k) w.rf[k] = T(1) / std::sqrt(w.ratio[k]);
     for (i64 k = 0; k < nb * m; ++k) w.cf[k] = T(1) / std::sqrt(w.col[k]);
     const T s = job.maximize ? T(-1) : T(1);
-    for (i64 gi = 0; gi < nb; ++gi) {
+    for (i64 gi = 0; gi < nb && !wide(); ++gi) {
       T* re = w.re + gi * n * m;
       T* ce = w.ce + gi * n * m;
       for (i64 i = 0; i < n; ++i) {
@@ -745,17 +749,18 @@ struct Groups {
     return any;
   }
 
-  // U of element e (index within the batch) of group gi.
+  // U of element e (index within the batch) of group gi, element by element:
+  // as Factored::update, in the order of the vector loops, (s*r)*g*c.
   T update(const Scratch& w, i64 gi, i64 e, T gv) const {
-    if (w.clamp[gi]) {  // as Factored::update with clamping
-      const i64 n = rows(), m = cols();
-      const i64 i = gi * n + (e - gi * n * m) / m;
-      const i64 j = gi * m + (e - gi * n * m) % m;
+    const i64 n = rows(), m = cols();
+    const i64 i = gi * n + (e - gi * n * m) / m;
+    const i64 j = gi * m + (e - gi * n * m) % m;
+    if (w.clamp[gi]) {
       const T ee = static_cast<T>(job.eps1);
       const T v = w.ratio[i] * w.col[j];
       return gv * rsqrt(v > ee * ee ? v : ee * ee);
     }
-    return w.re[e] * gv * w.ce[e];
+    return (job.maximize ? -w.rf[i] : w.rf[i]) * gv * w.cf[j];
   }
 
   void pass1(i64 block) const {
@@ -800,7 +805,23 @@ struct Groups {
       const bool any_clamp = factors(ob, nb, w);
       const i64 len = nb * nm;
       i64 e = 0;
-      if (!any_clamp) {
+      if (!any_clamp && wide()) {
+        const Factored<P, S> f{job};
+        for (i64 gi = 0; gi < nb; ++gi) {
+          for (i64 i = 0; i < n;) {
+            const i64 at = (gi * n + i) * m;
+            const T* R = w.rf + gi * n + i;
+            if (i + kRows2 <= n) {
+              f.template rows2<kRows2>(gb + at, pb + at, R, w.cf + gi * m, usq_lanes, psq_lanes, usq, psq);
+              i += kRows2;
+            } else {
+              f.template rows2<1>(gb + at, pb + at, R, w.cf + gi * m, usq_lanes, psq_lanes, usq, psq);
+              i += 1;
+            }
+          }
+        }
+        e = len;
+      } else if (!any_clamp) {
         const i64 lv = len - len % kLanes;
         for (; e < lv; e += kRun) {
           const i64 end = e + kRun < lv ? e + kRun : lv;
@@ -831,6 +852,7 @@ struct Groups {
     Scratch& w = *static_cast<Scratch*>(scratch);
     const Factored<P, S> f{job};
     const auto span = f.pick_span3();
+    const auto one = f.template pick_rows3<1>(), several = f.template pick_rows3<kRows3>();
     const P* g = static_cast<const P*>(job.grad);
     P* p = static_cast<P*>(job.param);
     S* mom = static_cast<S*>(job.exp_avg);
@@ -840,7 +862,20 @@ struct Groups {
     for (i64 ob = o0; ob < o1; ob += batch()) {
       const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
       const i64 base = ob * nm;
-      if (!factors(ob, nb, w)) {
+      const bool any_clamp = factors(ob, nb, w);
+      if (!any_clamp && wide()) {
+        const i64 n = rows(), m = cols();
+        for (i64 gi = 0; gi < nb; ++gi) {
+          for (i64 i = 0; i < n;) {
+            const i64 nr = i + kRows3 <= n ? kRows3 : 1;
+            (f.*(nr == kRows3 ? several : one))(p, g, mom, base + (gi * n + i) * m, m,
+                                                w.rf + gi * n + i, w.cf + gi * m, 1);
+            i += nr;
+          }
+        }
+        continue;
+      }
+      if (!any_clamp) {
         (f.*span)(p, g, mom, base, nb * nm, w.re, w.ce);
         continue;
       }

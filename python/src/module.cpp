@@ -115,18 +115,62 @@ py::dict state_dict_of(const AdafactorParamState& s) {
 
 // A state dict of tcltorch.Adafactor (or torch.optim.Adafactor) as the
 // core's state: the same tensors, not copies.
+// The state dict's keys as interned Python strings, made once: a step
+// converts every parameter's dict, so per-key string objects would show.
+// Never freed (they may outlive the interpreter's finalisation otherwise).
+struct StateKeys {
+  PyObject* step = PyUnicode_InternFromString("step");
+  PyObject* row_var = PyUnicode_InternFromString("row_var");
+  PyObject* col_var = PyUnicode_InternFromString("col_var");
+  PyObject* variance = PyUnicode_InternFromString("variance");
+  PyObject* exp_avg = PyUnicode_InternFromString("exp_avg");
+};
+const StateKeys& state_keys() {
+  static const StateKeys* keys = new StateKeys();
+  return *keys;
+}
+
 AdafactorParamState state_from_dict(const py::dict& d) {
+  const StateKeys& k = state_keys();
   AdafactorParamState s;
-  auto get = [&](const char* key) -> at::Tensor {
-    return d.contains(key) ? d[key].cast<at::Tensor>() : at::Tensor();
+  auto get = [&](PyObject* key) -> at::Tensor {
+    PyObject* v = PyDict_GetItemWithError(d.ptr(), key);  // borrowed
+    if (!v) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      return at::Tensor();
+    }
+    return py::handle(v).cast<at::Tensor>();
   };
-  s.step(get("step"));
-  s.row_var(get("row_var"));
-  s.col_var(get("col_var"));
-  s.variance(get("variance"));
-  s.exp_avg(get("exp_avg"));
+  s.step(get(k.step));
+  s.row_var(get(k.row_var));
+  s.col_var(get(k.col_var));
+  s.variance(get(k.variance));
+  s.exp_avg(get(k.exp_avg));
   return s;
 }
+
+// The core states of a list of state dicts, and, after the step, the state a
+// step added (exp_avg, when beta1 was turned on after the state was made)
+// written back into the dicts.
+struct CoreStates {
+  std::vector<AdafactorParamState> states;
+  std::vector<char> had_exp_avg;
+
+  explicit CoreStates(const py::list& dicts) {
+    states.reserve(dicts.size());
+    for (const auto& d : dicts) {
+      states.push_back(state_from_dict(d.cast<py::dict>()));
+      had_exp_avg.push_back(states.back().exp_avg().defined());
+    }
+  }
+  void write_back(const py::list& dicts) const {
+    for (std::size_t i = 0; i < states.size(); ++i) {
+      if (!had_exp_avg[i] && states[i].exp_avg().defined()) {
+        dicts[i].cast<py::dict>()["exp_avg"] = states[i].exp_avg();
+      }
+    }
+  }
+};
 
 // A reducer that calls a Python function with a float64 tensor viewing the
 // values (to be summed across processes in place), under the GIL.
@@ -226,23 +270,15 @@ PYBIND11_MODULE(_C, m) {
           if (params.size() != grads.size() || params.size() != states.size()) {
             throw py::value_error("params, grads and states must have the same length");
           }
-          std::vector<AdafactorParamState> core_states;
-          core_states.reserve(states.size());
-          for (const auto& s : states) core_states.push_back(state_from_dict(s.cast<py::dict>()));
+          CoreStates core(states);
           std::int64_t skipped = 0;
           {
             py::gil_scoped_release release;
             for (std::size_t i = 0; i < params.size(); ++i) {
-              if (!tcltorch::adafactor_step(params[i], grads[i], core_states[i], options)) ++skipped;
+              if (!tcltorch::adafactor_step(params[i], grads[i], core.states[i], options)) ++skipped;
             }
           }
-          // A step may add state (exp_avg when beta1 was turned on later).
-          for (std::size_t i = 0; i < params.size(); ++i) {
-            auto d = states[i].cast<py::dict>();
-            if (core_states[i].exp_avg().defined() && !d.contains("exp_avg")) {
-              d["exp_avg"] = core_states[i].exp_avg();
-            }
-          }
+          core.write_back(states);
           return skipped;
         },
         py::arg("params"), py::arg("grads"), py::arg("states"),
@@ -275,28 +311,22 @@ PYBIND11_MODULE(_C, m) {
               params.size() != global_shapes.size()) {
             throw py::value_error("params, grads, states and global_shapes must have the same length");
           }
-          std::vector<AdafactorParamState> core_states;
+          CoreStates core(states);
           std::vector<tcltorch::AdafactorShard> shards;
           for (std::size_t i = 0; i < params.size(); ++i) {
-            core_states.push_back(state_from_dict(states[i].cast<py::dict>()));
             shards.push_back(shard_of(global_shapes[i], reducer));
           }
           std::int64_t skipped = 0;
           {
             py::gil_scoped_release release;
             for (std::size_t i = 0; i < params.size(); ++i) {
-              if (!tcltorch::adafactor_step(params[i], grads[i], core_states[i], options,
+              if (!tcltorch::adafactor_step(params[i], grads[i], core.states[i], options,
                                             &shards[i])) {
                 ++skipped;
               }
             }
           }
-          for (std::size_t i = 0; i < params.size(); ++i) {
-            auto d = states[i].cast<py::dict>();
-            if (core_states[i].exp_avg().defined() && !d.contains("exp_avg")) {
-              d["exp_avg"] = core_states[i].exp_avg();
-            }
-          }
+          core.write_back(states);
           return skipped;
         },
         py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("global_shapes"),
