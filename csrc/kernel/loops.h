@@ -166,12 +166,6 @@ inline void vstore(X* p, vec<T> v) {
   }
 }
 
-template <class T>
-inline double vsum(vec<T> v) {
-  double s = 0;
-  for (int l = 0; l < kLanes; ++l) s += v[l];
-  return s;
-}
 // Eight per-lane double sums, held as two four-lane vectors: what AVX2 holds
 // in two registers (GCC handles a 64-byte vector through memory).
 typedef double d4 __attribute__((vector_size(4 * sizeof(double))));
