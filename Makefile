@@ -24,6 +24,7 @@ test:
 
 bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps timm
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:

@@ -66,6 +66,9 @@ pip_install "scikit-build-core>=0.10" pybind11 ninja
 if [ "$WITH_TEST" = 1 ]; then
   step "installing test dependencies"
   pip_install "pytest>=8" "transformers>=4.40"
+  # For the benchmark smoke test's timm row (without torchvision: see
+  # benchmarks/requirements.txt).
+  pip_install --no-deps timm
 fi
 
 # 3. tcltorch, built against the torch just installed (no build isolation:

@@ -529,17 +529,19 @@ def write_docs(results, docs_dir: Path) -> Path:
               "column of the sweep). Two threads on two cores are the most sensitive: a "
               "busy core stalls every barrier of a parallel loop, and a step's time can "
               "jump several-fold.",
+              "- **timm.** `make bench` installs timm without its dependencies: PyPI's "
+              "timm needs torchvision, and PyPI's torchvision does not load beside the "
+              "torch 2.13.0 CPU wheel (\"operator torchvision::nms does not exist\"). "
+              "timm's package init imports torchvision, so the bench loads "
+              "`timm.optim.adafactor` (timm's own code, which needs only torch) on its "
+              "own, with bare `timm` and `timm.optim` packages standing for the real "
+              "ones; with a timm whose init loads, it is imported as usual.",
               ]
     for i in unavailable:
         lines.append(f"- **{i['label']}**: not available in this run ({i['reason']}).")
     if any(i["key"] == "timm" for i in unavailable):
-        lines.append(
-            "  timm is a benchmark-only dependency that is not installed: PyPI's timm "
-            "needs torchvision, and PyPI's torchvision does not import beside the torch "
-            "2.13.0 CPU wheel (\"operator torchvision::nms does not exist\"); the only "
-            "working pair on this machine is torch 2.14.1 + torchvision 0.29.1, a 5.5 GB "
-            "CUDA build, which would replace the torch tcltorch is built against. With a "
-            "working timm in the environment, its row is timed.")
+        lines.append("  Install it with `pip install --no-deps timm` (as `make bench` does) "
+                     "for its row.")
     lines.append("")
     path = docs_dir / "performance.md"
     path.write_text("\n".join(lines))
