@@ -489,7 +489,11 @@ def write_docs(results, docs_dir: Path) -> Path:
               "transformers' (and timm's) is the paper's variant with the same work per "
               "element. The Tcl door is created with `-variant torch -lr 0.01 -eps2 "
               "1.1920928955078125e-07 -epsScale 1e-3`, the core's defaults (the Tcl "
-              "command's own defaults are transformers').",
+              "command's own defaults are transformers'). One difference in what is "
+              "factored: on the conv set, timm factors each weight over its two channel "
+              "dimensions (like tcltorch's `factored_dims=\"largest_two\"`), the others "
+              "over the 3x3 kernel (torch's rule, the last two dimensions), so timm's conv "
+              "row does the work of large matrices, not of many 3x3 ones.",
               "- **The doors.** *C++*: `benchmarks/cpp/bench_step.cpp`, built against the "
               "installed package like `examples/cpp` (into `build/bench-cpp`), times "
               "`tcltorch::Adafactor::step()`. *Python*: `tcltorch._C.Adafactor(params).step()` "
