@@ -116,6 +116,12 @@ inline T rsqrt(T x) {
   return T(1) / std::sqrt(x);
 }
 
+// torch's U where V is formed element by element: g / sqrt(max(V, eps1^2)).
+template <class T>
+inline T floored_update(T g, T v, T eps1) {
+  return g * rsqrt(v > eps1 * eps1 ? v : eps1 * eps1);
+}
+
 // ---------------------------------------------------------------- vectors
 // Eight lanes of the compute type, with GCC/Clang vector extensions: one
 // AVX2 register for float under -mavx2, two SSE registers otherwise. The lane
@@ -300,27 +306,23 @@ struct Factored {
     for (i64 c = c0; c < c1; ++c) colp[c] = 0;
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const P* g = grad();
-    const i64 q = spread(u0, u1, kRows1);
-    for (i64 r = 0; r < q; ++r) {  // kRows1 rows q apart
-      const i64 unit = u0 + r;
-      const i64 col_base = (unit / job.n) * job.m;
+    // kRows1 rows from `unit` on, sr rows apart (L == 1).
+    auto several = [&](i64 unit, i64 col_base, i64 sr) {
       if (job.torch_variant) {
-        rows1<kRows1, false>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, q);
+        rows1<kRows1, false>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, sr);
       } else {
-        rows1<kRows1, true>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, q);
+        rows1<kRows1, true>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, sr);
       }
-    }
+    };
+    const i64 q = spread(u0, u1, kRows1);
+    for (i64 r = 0; r < q; ++r) several(u0 + r, ((u0 + r) / job.n) * job.m, q);
     for (i64 unit = u0 + q * kRows1; unit < u1;) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
       if (job.L == 1 && job.K == 1 && unit + kRows1 <= u1 && i + kRows1 <= job.n) {
-        if (job.torch_variant) {
-          rows1<kRows1, false>(g + base, colp + col_base, add, job.row_sums + unit);
-        } else {
-          rows1<kRows1, true>(g + base, colp + col_base, add, job.row_sums + unit);
-        }
+        several(unit, col_base, 1);
         unit += kRows1;
         continue;
       }
@@ -346,11 +348,7 @@ struct Factored {
 
   // U of one element from its gradient and the two factors.
   T update(T gv, T r, T c) const {
-    if (job.clamp) {
-      const T e = static_cast<T>(job.eps1);
-      const T v = r * c;
-      return gv * rsqrt(v > e * e ? v : e * e);
-    }
+    if (job.clamp) return floored_update(gv, r * c, static_cast<T>(job.eps1));
     return r * gv * c;  // the order of the vector loops: (s*r)*g*c
   }
 
@@ -717,14 +715,15 @@ struct Groups {
     for (i64 k = 0; k < nb * n; ++k) w.ratio[k] = load<T>(row, k) / w.rf[k];
     for (i64 k = 0; k < nb * m; ++k) w.col[k] = load<T>(col, k);
     bool any = false;
-    for (i64 gi = 0; gi < nb && job.torch_variant; ++gi) {
+    for (i64 gi = 0; gi < nb; ++gi) {
+      w.clamp[gi] = false;
+      if (!job.torch_variant) continue;
       T min_ratio = w.ratio[gi * n], min_col = w.col[gi * m];
       for (i64 i = 1; i < n; ++i) min_ratio = w.ratio[gi * n + i] < min_ratio ? w.ratio[gi * n + i] : min_ratio;
       for (i64 j = 1; j < m; ++j) min_col = w.col[gi * m + j] < min_col ? w.col[gi * m + j] : min_col;
       w.clamp[gi] = !(min_ratio * min_col >= eps1 * eps1);
       any = any || w.clamp[gi];
     }
-    for (i64 gi = 0; gi < nb && !job.torch_variant; ++gi) w.clamp[gi] = false;
     // Whole arrays: the compiler vectorises these.
     for (i64 k = 0; k < nb * n; ++k) w.rf[k] = T(1) / std::sqrt(w.ratio[k]);
     for (i64 k = 0; k < nb * m; ++k) w.cf[k] = T(1) / std::sqrt(w.col[k]);
@@ -749,11 +748,7 @@ struct Groups {
     const i64 n = rows(), m = cols();
     const i64 i = gi * n + (e - gi * n * m) / m;
     const i64 j = gi * m + (e - gi * n * m) % m;
-    if (w.clamp[gi]) {
-      const T ee = static_cast<T>(job.eps1);
-      const T v = w.ratio[i] * w.col[j];
-      return gv * rsqrt(v > ee * ee ? v : ee * ee);
-    }
+    if (w.clamp[gi]) return floored_update(gv, w.ratio[i] * w.col[j], static_cast<T>(job.eps1));
     return (job.maximize ? -w.rf[i] : w.rf[i]) * gv * w.cf[j];
   }
 
@@ -842,6 +837,14 @@ struct Groups {
     job.param_sq[block] = psq_lanes.sum() + lane_sum(psq);
   }
 
+  void run(Pass pass, i64 block) const {
+    if (pass == Pass::G1) {
+      pass1(block);
+    } else {
+      pass2(block);
+    }
+  }
+
   void pass2(i64 block) const {
     Scratch& w = *static_cast<Scratch*>(scratch);
     const Factored<P, S> f{job};
@@ -917,7 +920,7 @@ struct Unfactored {
       }
       store(v, x, vv);
       vv = load<T>(v, x);
-      const T u = job.torch_variant ? gv * rsqrt(vv > e * e ? vv : e * e) : gv * rsqrt(vv);
+      const T u = job.torch_variant ? floored_update(gv, vv, e) : gv * rsqrt(vv);
       usq[x % kLanes] += static_cast<double>(u) * u;
     }
     job.param_sq[block] = lane_sum(psq);
@@ -937,7 +940,7 @@ struct Unfactored {
     for (i64 x = x0; x < x1; ++x) {
       const T gv = s * load<T>(g, x);
       const T vv = load<T>(v, x);
-      const T u = job.torch_variant ? gv * rsqrt(vv > e * e ? vv : e * e) : gv * rsqrt(vv);
+      const T u = job.torch_variant ? floored_update(gv, vv, e) : gv * rsqrt(vv);
       f.put(p, x, f.apply(load<T>(p, x), u, m, x));
     }
   }
@@ -960,17 +963,11 @@ void run_typed(const Job& job, Pass pass, i64 b0, i64 b1, void* scratch) {
       case Pass::U1: Unfactored<P, S>{job}.pass1(b); break;
       case Pass::U2: Unfactored<P, S>{job}.pass2(b); break;
       case Pass::G1:
-        if (job.n == 3 && job.m == 3) {
-          Groups<P, S, 3, 3>{job, scratch}.pass1(b);
-        } else {
-          Groups<P, S>{job, scratch}.pass1(b);
-        }
-        break;
       case Pass::G2:
         if (job.n == 3 && job.m == 3) {
-          Groups<P, S, 3, 3>{job, scratch}.pass2(b);
+          Groups<P, S, 3, 3>{job, scratch}.run(pass, b);
         } else {
-          Groups<P, S>{job, scratch}.pass2(b);
+          Groups<P, S>{job, scratch}.run(pass, b);
         }
         break;
     }
