@@ -65,7 +65,8 @@ step "installing build tools"
 pip_install "scikit-build-core>=0.10" pybind11 ninja
 if [ "$WITH_TEST" = 1 ]; then
   step "installing test dependencies"
-  pip_install "pytest>=8" "transformers>=4.40"
+  # accelerate: transformers.Trainer needs it (the Trainer tests).
+  pip_install "pytest>=8" "transformers>=4.40" "accelerate>=1.1"
   # For the benchmark smoke test's timm row (without torchvision: see
   # benchmarks/requirements.txt).
   pip_install --no-deps timm

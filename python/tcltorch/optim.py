@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _C
+from . import _transformers_compat as _hf
 
 __all__ = ["Adafactor", "from_transformers_state_dict"]
 
@@ -166,7 +167,7 @@ class Adafactor(Optimizer):
     def __init__(
         self,
         params,
-        lr: float | Tensor = 1e-2,
+        lr: float | Tensor | None = 1e-2,
         beta2_decay: float = -0.8,
         eps: tuple[float | None, float] = (None, 1e-3),
         d: float = 1.0,
@@ -187,6 +188,7 @@ class Adafactor(Optimizer):
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
+        _hf.check_lr(lr, relative_step)
         defaults = {
             "lr": lr,
             "beta2_decay": beta2_decay,
@@ -208,26 +210,43 @@ class Adafactor(Optimizer):
         }
         # Parameter updates skipped by skip_nan_updates (not in state_dict).
         self.skipped_updates = 0
-        _C.validate_options(**_core_options(defaults))
+        # RMS(param) before the last step, for _get_lr (not in state_dict).
+        self._rms_before_step: dict = {}
+        _C.validate_options(**_core_options(_hf.core_group(defaults)))
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group["eps"] = tuple(group["eps"])
-        _C.validate_options(**_core_options(group))
+        _hf.init_group(group)
+        _C.validate_options(**_core_options(_hf.core_group(group)))
         for p in group["params"]:
             _check_parameter(p)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's; a state dict of transformers' Adafactor (a Trainer
+        checkpoint of ``optim="adafactor"``) is converted with
+        :func:`from_transformers_state_dict` first."""
+        super().load_state_dict(_hf.on_load(state_dict, from_transformers_state_dict))
+
+    def _get_lr(self, param_group: dict, param_state: dict) -> float:
+        """transformers' ``Adafactor._get_lr``, for
+        ``transformers.optimization.AdafactorSchedule``: the step size of the
+        group's first parameter at its last step (groups with ``lr=None``)."""
+        return _hf.reported_lr(self._rms_before_step, param_group, param_state)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_updates", 0)
+        self.__dict__.setdefault("_rms_before_step", {})
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
             for key, value in _EXTRA_DEFAULTS.items():
                 group.setdefault(key, value)
             group["eps"] = tuple(group["eps"])
+            _hf.init_group(group)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
@@ -241,7 +260,8 @@ class Adafactor(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            options = _core_options(group)
+            options = _core_options(_hf.core_group(group))
+            _hf.before_step(self._rms_before_step, group)
             params, grads, states, sharded = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
@@ -264,6 +284,10 @@ class Adafactor(Optimizer):
         return loss
 
 
+_TRANSFORMERS_GROUP_KEYS = {"params", "lr", "eps", "clip_threshold", "decay_rate", "beta1",
+                            "weight_decay", "scale_parameter", "relative_step", "warmup_init"}
+
+
 def from_transformers_state_dict(state_dict: dict) -> dict:
     """Converts the state dict of ``transformers.optimization.Adafactor`` (or
     fairseq's) into one that ``tcltorch.Adafactor.load_state_dict`` takes, with
@@ -283,11 +307,16 @@ def from_transformers_state_dict(state_dict: dict) -> dict:
         state[index] = new
     groups = []
     for old in state_dict["param_groups"]:
-        lr = old.get("lr")
+        relative_step = old.get("relative_step", True)
         groups.append({
+            # Keys transformers' optimizer does not read, kept as they are: those
+            # of LR schedulers (initial_lr) and of param_names.
+            **{k: v for k, v in old.items() if k not in _TRANSFORMERS_GROUP_KEYS},
             "params": list(old["params"]),
-            # transformers caps the relative step at 1e-2 when lr is None.
-            "lr": 1e-2 if lr is None else lr,
+            # With relative_step transformers ignores lr (None, or what
+            # AdafactorSchedule last wrote): so do we (external_lr=False).
+            "lr": old.get("lr"),
+            "external_lr": not relative_step,
             "beta2_decay": old.get("decay_rate", -0.8),
             "eps": tuple(old.get("eps", (1e-30, 1e-3))),
             "d": old.get("clip_threshold", 1.0),
@@ -295,7 +324,7 @@ def from_transformers_state_dict(state_dict: dict) -> dict:
             "foreach": None,
             "maximize": False,
             "beta1": old.get("beta1"),
-            "relative_step": old.get("relative_step", True),
+            "relative_step": relative_step,
             "scale_parameter": old.get("scale_parameter", True),
             "warmup_init": old.get("warmup_init", False),
             "variant": "transformers",
