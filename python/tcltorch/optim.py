@@ -161,7 +161,9 @@ class Adafactor(Optimizer):
     ``relative_step``, ``scale_parameter``, ``warmup_init``, ``variant``,
     ``factored_dims``, ``min_dim_size_to_factor``, ``fp32_state``,
     ``stochastic_rounding``); see docs/python.md. ``foreach`` is accepted for
-    compatibility and ignored: every step is fused.
+    compatibility and ignored: every step is fused. ``lr=None`` (with
+    ``relative_step=True``) is transformers' call: the relative step alone sets
+    the step size, and ``AdafactorSchedule`` works (see _transformers_compat).
     """
 
     def __init__(
