@@ -256,3 +256,37 @@ def test_a_state_dict_of_another_optimizer_is_refused_at_load():
     opt = tcltorch.Adafactor(params, variant="transformers")
     with pytest.raises(ValueError, match="from_transformers_state_dict"):
         opt.load_state_dict(adam.state_dict())
+
+
+def test_a_state_dict_written_under_adafactor_schedule_loads_as_it_is():
+    # transformers' lr=None groups hold what AdafactorSchedule last wrote (a
+    # tensor); load_state_dict converts the dict, and the lr stays a report.
+    gen = torch.Generator().manual_seed(3)
+    theirs = [torch.nn.Parameter(torch.randn(6, 5, generator=gen, dtype=torch.float64)),
+              torch.nn.Parameter(torch.randn(7, generator=gen, dtype=torch.float64))]
+    grads = [[torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in theirs]
+             for _ in range(10)]
+    ref = HFAdafactor(theirs, lr=None, beta1=0.9, weight_decay=0.01)
+    ref_schedule = AdafactorSchedule(ref)
+
+    def step(opt, schedule, params, gs):
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        schedule.step()
+
+    for gs in grads[:5]:
+        step(ref, ref_schedule, theirs, gs)
+    assert ref.param_groups[0]["lr"] != 0
+    mine = [torch.nn.Parameter(p.detach().clone()) for p in theirs]
+    ours = tcltorch.Adafactor(mine, lr=None, variant="transformers")
+    schedule = AdafactorSchedule(ours)
+    ours.load_state_dict(ref.state_dict())
+    assert ours.param_groups[0]["external_lr"] is False
+    for gs in grads[5:]:
+        step(ref, ref_schedule, theirs, gs)
+        step(ours, schedule, mine, gs)
+        assert schedule.get_last_lr()[0] == pytest.approx(float(ref_schedule.get_last_lr()[0]),
+                                                          rel=1e-12)
+    for a, b in zip(mine, theirs):
+        assert rel_err(a, b) <= 1e-12

@@ -57,7 +57,9 @@ def _lr_reports(group: dict) -> bool:
 def _rms(p: torch.Tensor) -> float:
     if type(p).__name__ == "DTensor":
         p = p.full_tensor()
-    p = p.detach().float()
+    p = p.detach()
+    if p.dtype in (torch.float16, torch.bfloat16):  # as transformers: in float32
+        p = p.float()
     return float(torch.linalg.vector_norm(p) / math.sqrt(max(p.numel(), 1)))
 
 
