@@ -40,12 +40,13 @@ STEPS, SAVE_AT, BATCH, SEQ, VOCAB, LR = 6, 3, 4, 12, 50, 3e-3
 TOL = 1e-6
 
 
-def _initial_weights() -> dict:
-    torch.manual_seed(1234)
+def _initial_weights() -> tuple[LlamaConfig, dict]:
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                          max_position_embeddings=SEQ)
-    return config, LlamaForCausalLM(config).state_dict()
+    with torch.random.fork_rng():  # leaves the global generator to the other tests
+        torch.manual_seed(1234)
+        return config, LlamaForCausalLM(config).state_dict()
 
 
 CONFIG, WEIGHTS = _initial_weights()
