@@ -69,7 +69,10 @@ def _core_options(group: dict) -> dict:
 
 
 def _validate(group: dict) -> None:
-    _C.validate_options(**_core_options(group))
+    # With variant="torch", torch.optim.Adafactor's own checks and messages
+    # come first (d >= 1 among them).
+    check = _C.validate_options_as_torch if group["variant"] == "torch" else _C.validate_options
+    check(**_core_options(group))
 
 
 def _check_parameter(p: Tensor) -> None:
