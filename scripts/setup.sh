@@ -67,6 +67,8 @@ if [ "$WITH_TEST" = 1 ]; then
   step "installing test dependencies"
   # accelerate: transformers.Trainer needs it (the Trainer tests).
   pip_install "pytest>=8" "transformers>=4.40" "accelerate>=1.1"
+  # torch.testing._internal (PyTorch's own optimizer error inputs) imports it.
+  pip_install expecttest
   # For the benchmark smoke test's timm row (without torchvision: see
   # benchmarks/requirements.txt).
   pip_install --no-deps timm

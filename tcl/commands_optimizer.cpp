@@ -10,6 +10,7 @@
 #include <cmath>
 #include <unordered_set>
 
+#include "adafactor_args.h"
 #include "argspec.h"
 #include "tcltorch/checkpoint.h"
 #include "commands.h"
@@ -82,96 +83,33 @@ int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
 // ------------------------------------------------------------ Adafactor
 
 const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
-const NumberRule kBeta1{[](double v) { return v == -1.0 || (v >= 0 && v < 1); },
-                        "-1 (no momentum) or in [0, 1)"};
-const char* const kVariants[] = {"transformers", "torch", nullptr};
-const char* const kFactoredDimsNames[] = {"last_two", "largest_two", nullptr};
 
-// The seed page's options first, in its positional order and with its
-// defaults; the rest of the core's options are named-only.
+// The Adafactor options come from the core's table (adafactor_args.h); the
+// door-level arguments are the command's own.
 CommandSpec adafactor_spec(const char* name) {
-  return {name, {
-      {.name = "parameters", .required = true, .placeholder = "tensorsOrModule"},
-      {.name = "lr", .type = ArgType::Double, .default_value = "0.8",
-       .rule = kNonNegative},
-      {.name = "eps2", .type = ArgType::Double, .default_value = "1e-30",
-       .rule = kNonNegative},
-      {.name = "clipThreshold", .snake = "clip_threshold", .type = ArgType::Double,
-       .default_value = "1.0", .rule = kPositive},
-      {.name = "decayRate", .snake = "decay_rate", .type = ArgType::Double,
-       .default_value = "-1.0"},
-      {.name = "beta1", .type = ArgType::Double, .default_value = "-1.0",
-       .rule = kBeta1},
-      {.name = "weightDecay", .snake = "weight_decay", .type = ArgType::Double,
-       .default_value = "0.0", .rule = kNonNegative},
-      {.name = "relativeStep", .snake = "relative_step", .type = ArgType::Bool,
-       .default_value = "1", .placeholder = "bool", .positional = false},
-      {.name = "scaleParameter", .snake = "scale_parameter", .type = ArgType::Bool,
-       .default_value = "1", .placeholder = "bool", .positional = false},
-      {.name = "warmupInit", .snake = "warmup_init", .type = ArgType::Bool,
-       .default_value = "0", .placeholder = "bool", .positional = false},
-      {.name = "epsScale", .snake = "eps_scale", .type = ArgType::Double,
-       .default_value = "1e-3", .rule = kNonNegative, .positional = false},
-      {.name = "maximize", .type = ArgType::Bool, .default_value = "0",
-       .placeholder = "bool", .positional = false},
-      {.name = "variant", .type = ArgType::String, .default_value = "transformers",
-       .placeholder = "variant", .choices = kVariants, .positional = false},
-      {.name = "factoredDims", .snake = "factored_dims", .type = ArgType::String,
-       .default_value = "last_two", .placeholder = "rule",
-       .choices = kFactoredDimsNames, .positional = false},
-      {.name = "minDimSizeToFactor", .snake = "min_dim_size_to_factor",
-       .type = ArgType::Int, .default_value = "0", .placeholder = "int",
-       .rule = kNonNegative, .positional = false},
-      {.name = "fp32State", .snake = "fp32_state", .type = ArgType::Bool,
-       .default_value = "0", .placeholder = "bool", .positional = false},
-      {.name = "stochasticRounding", .snake = "stochastic_rounding",
-       .type = ArgType::Bool, .default_value = "0", .placeholder = "bool",
-       .positional = false},
-      {.name = "skipNonFinite", .snake = "skip_non_finite", .type = ArgType::Bool,
-       .default_value = "0", .placeholder = "bool", .positional = false},
-  }};
+  return adafactor_command_spec(
+      name, {{.name = "parameters", .required = true, .placeholder = "tensorsOrModule"}});
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
 const CommandSpec kAdafactorAlias = adafactor_spec("torch::optimizerAdafactor");
 
-// -decayRate: -1 is the default schedule 1 - t^-0.8; a positive c means
-// 1 - t^-c; any other negative x means 1 - t^x.
-double beta2_decay_of(double decay_rate) {
-  if (decay_rate == -1.0) return -0.8;
-  return decay_rate > 0 ? -decay_rate : decay_rate;
+AdafactorOptions options_of(const AdafactorSettings& settings) {
+  AdafactorOptions options;
+  for (const auto& [info, value] : settings) set_adafactor_option(options, *info, value);
+  return options;
 }
 
 int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
               int objc, Tcl_Obj* const objv[]) {
   Args args;
   if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
-  if (args.flag("warmupInit") && !args.flag("relativeStep")) {
-    return bad_value(interp, "warmupInit", args.obj("warmupInit"),
-                     "needs -relativeStep true (warm-up ramps the relative step)");
-  }
+  AdafactorSettings settings;
+  if (adafactor_settings(interp, {&args}, settings) != TCL_OK) return TCL_ERROR;
   std::vector<at::Tensor> params;
   if (collect_parameters(registry, interp, args.obj("parameters"), params) != TCL_OK) {
     return TCL_ERROR;
   }
-  AdafactorOptions options(args.number("lr"));
-  // -eps2 defaults to the paper's 1e-30; with -variant torch and no -eps2,
-  // torch's own default (finfo(dtype).eps of each parameter) applies.
-  if (args.given("eps2") || args.str("variant") != "torch") options.eps1(args.number("eps2"));
-  options.eps2(args.number("epsScale"))
-      .d(args.number("clipThreshold"))
-      .beta2_decay(beta2_decay_of(args.number("decayRate")))
-      .weight_decay(args.number("weightDecay"))
-      .relative_step(args.flag("relativeStep"))
-      .scale_parameter(args.flag("scaleParameter"))
-      .warmup_init(args.flag("warmupInit"))
-      .maximize(args.flag("maximize"))
-      .variant(parse_variant(args.str("variant")))
-      .factored_dims(parse_factored_dims(args.str("factoredDims")))
-      .min_dim_size_to_factor(args.integer("minDimSizeToFactor"))
-      .fp32_state(args.flag("fp32State"))
-      .stochastic_rounding(args.flag("stochasticRounding"))
-      .skip_nan_updates(args.flag("skipNonFinite"));
-  if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
+  const AdafactorOptions options = options_of(settings);
   return optimizer_result(registry, interp, "adafactor", [params, options] {
     return std::make_unique<Adafactor>(params, options);
   });

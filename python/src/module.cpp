@@ -44,60 +44,97 @@ std::string as_string(const char* name, const py::handle& v) {
   return v.cast<std::string>();
 }
 
-// Keyword arguments use the core's own option names.
-AdafactorOptions options_from(const py::kwargs& kwargs) {
+// One keyword of the table (Python's None = unset, an enum by name) as the
+// core's value; TypeError for a value of the wrong type.
+tcltorch::OptionValue option_value(const tcltorch::AdafactorOptionInfo& info,
+                                   const py::handle& v) {
+  using tcltorch::OptionType;
+  const char* n = info.name;
+  switch (info.type) {
+    case OptionType::OptionalDouble:
+      if (v.is_none()) return {};
+      [[fallthrough]];
+    case OptionType::Double:
+      return as_double(n, v);
+    case OptionType::Bool:
+      return as_bool(n, v);
+    case OptionType::Int:
+      if (!PyLong_Check(v.ptr()) || PyBool_Check(v.ptr())) {
+        throw py::type_error(std::string(n) + " must be an int");
+      }
+      return v.cast<std::int64_t>();
+    case OptionType::Enum:
+      return as_string(n, v);
+  }
+  return {};
+}
+
+py::object to_python(const tcltorch::OptionValue& value) {
+  struct {
+    py::object operator()(std::monostate) const { return py::none(); }
+    py::object operator()(double v) const { return py::float_(v); }
+    py::object operator()(bool v) const { return py::bool_(v); }
+    py::object operator()(std::int64_t v) const { return py::int_(v); }
+    py::object operator()(const std::string& v) const { return py::str(v); }
+  } visit;
+  return std::visit(visit, value);
+}
+
+// Keyword arguments use the core's own option names (the table's).
+AdafactorOptions options_from(const py::kwargs& kwargs, bool validate = true) {
   AdafactorOptions o;
   for (const auto& [key, value] : kwargs) {
     const auto name = key.cast<std::string>();
-    const char* n = name.c_str();
-    if (name == "lr") o.lr(as_double(n, value));
-    else if (name == "beta2_decay") o.beta2_decay(as_double(n, value));
-    else if (name == "eps1") o.eps1(as_optional_double(n, value));
-    else if (name == "eps2") o.eps2(as_double(n, value));
-    else if (name == "d") o.d(as_double(n, value));
-    else if (name == "weight_decay") o.weight_decay(as_double(n, value));
-    else if (name == "maximize") o.maximize(as_bool(n, value));
-    else if (name == "beta1") o.beta1(as_optional_double(n, value));
-    else if (name == "relative_step") o.relative_step(as_bool(n, value));
-    else if (name == "scale_parameter") o.scale_parameter(as_bool(n, value));
-    else if (name == "warmup_init") o.warmup_init(as_bool(n, value));
-    else if (name == "variant") o.variant(tcltorch::parse_variant(as_string(n, value)));
-    else if (name == "factored_dims")
-      o.factored_dims(tcltorch::parse_factored_dims(as_string(n, value)));
-    else if (name == "min_dim_size_to_factor") {
-      if (!PyLong_Check(value.ptr()) || PyBool_Check(value.ptr())) {
-        throw py::type_error("min_dim_size_to_factor must be an int");
-      }
-      o.min_dim_size_to_factor(value.cast<std::int64_t>());
-    } else if (name == "fp32_state") o.fp32_state(as_bool(n, value));
-    else if (name == "stochastic_rounding") o.stochastic_rounding(as_bool(n, value));
-    else if (name == "skip_nan_updates") o.skip_nan_updates(as_bool(n, value));
-    else throw py::type_error("unexpected keyword argument '" + name + "'");
+    const auto* info = tcltorch::find_adafactor_option(name);
+    if (!info) throw py::type_error("unexpected keyword argument '" + name + "'");
+    tcltorch::set_adafactor_option(o, *info, option_value(*info, value));
   }
-  o.validate();
+  if (validate) o.validate();
   return o;
 }
 
 py::dict options_dict(const AdafactorOptions& o) {
   py::dict d;
-  d["lr"] = o.lr();
-  d["beta2_decay"] = o.beta2_decay();
-  d["eps1"] = o.eps1() ? py::cast(*o.eps1()) : py::none();
-  d["eps2"] = o.eps2();
-  d["d"] = o.d();
-  d["weight_decay"] = o.weight_decay();
-  d["maximize"] = o.maximize();
-  d["beta1"] = o.beta1() ? py::cast(*o.beta1()) : py::none();
-  d["relative_step"] = o.relative_step();
-  d["scale_parameter"] = o.scale_parameter();
-  d["warmup_init"] = o.warmup_init();
-  d["variant"] = tcltorch::to_string(o.variant());
-  d["factored_dims"] = tcltorch::to_string(o.factored_dims());
-  d["min_dim_size_to_factor"] = o.min_dim_size_to_factor();
-  d["fp32_state"] = o.fp32_state();
-  d["stochastic_rounding"] = o.stochastic_rounding();
-  d["skip_nan_updates"] = o.skip_nan_updates();
+  for (const auto& info : tcltorch::kAdafactorOptionTable) {
+    d[info.name] = to_python(tcltorch::get_adafactor_option(o, info));
+  }
   return d;
+}
+
+// The table of options, for the Python door and the docs.
+py::list option_table() {
+  using tcltorch::AdafactorVariant;
+  static const char* const kTypes[] = {"double", "optional_double", "bool", "int", "enum"};
+  static const char* const kRules[] = {"any", "non_negative", "positive", "non_positive",
+                                       "unit_interval_open", "at_least_one"};
+  py::list rows;
+  for (const auto& info : tcltorch::kAdafactorOptionTable) {
+    py::dict row;
+    row["name"] = info.name;
+    row["type"] = kTypes[static_cast<int>(info.type)];
+    row["tcl"] = info.tcl;
+    py::dict defaults;
+    for (std::size_t v = 0; v < tcltorch::kAdafactorVariantCount; ++v) {
+      defaults[tcltorch::kAdafactorVariantNames[v]] = to_python(
+          tcltorch::adafactor_option_default(info, static_cast<AdafactorVariant>(v)));
+    }
+    row["defaults"] = defaults;
+    row["rule"] = kRules[static_cast<int>(info.rule)];
+    row["rule_text"] = tcltorch::rule_text(info.rule);
+    row["doc"] = info.doc;
+    row["none_doc"] = info.none_doc ? py::object(py::str(info.none_doc)) : py::none();
+    py::list choices;
+    for (auto c = info.choices; c && *c; ++c) choices.append(*c);
+    row["choices"] = choices;
+    row["tcl_positional"] = info.tcl_positional;
+    row["tcl_default"] = info.tcl_default ? py::object(py::str(info.tcl_default)) : py::none();
+    row["tcl_minus_one_unsets"] = info.tcl_minus_one_unsets;
+    row["tcl_form"] = info.tcl_form == tcltorch::TclForm::DecayRate ? "decay_rate" : "plain";
+    row["torch_name"] = info.torch_name ? py::object(py::str(info.torch_name)) : py::none();
+    row["torch_rule_text"] = tcltorch::rule_text(info.torch_rule.value_or(info.rule));
+    rows.append(row);
+  }
+  return rows;
 }
 
 py::dict state_dict_of(const AdafactorParamState& s) {
@@ -256,6 +293,12 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("validate_options", [](const py::kwargs& kwargs) { options_from(kwargs); },
         "Raises ValueError/TypeError unless the keyword arguments are valid core options.");
+  m.def("validate_options_as_torch",
+        [](const py::kwargs& kwargs) { options_from(kwargs, false).validate_as_torch(); },
+        "As validate_options, after torch.optim.Adafactor's own checks and messages.");
+  m.def("adafactor_options", &option_table,
+        "The table of Adafactor options: one dict per option (name, type, tcl, defaults "
+        "per variant, rule, doc, ...), in the table's order.");
   m.def("adafactor_init_state",
         [](const at::Tensor& param, const py::kwargs& kwargs) {
           AdafactorParamState state;

@@ -12,20 +12,30 @@ from . import _transformers_compat as _hf
 
 __all__ = ["Adafactor", "from_transformers_state_dict"]
 
+# The core's table of options (csrc/include/tcltorch/adafactor_options.h):
+# one dict per option with its name, type, defaults per variant, rule, doc.
+_OPTIONS: list[dict] = _C.adafactor_options()
+_VARIANTS: tuple[str, ...] = tuple(
+    next(o for o in _OPTIONS if o["name"] == "variant")["choices"])
+# torch.optim.Adafactor's own arguments, named and defaulted in its signature;
+# its group key "eps" packs (eps1, eps2).
+_TORCH_ARGUMENTS = ("lr", "beta2_decay", "eps1", "eps2", "d", "weight_decay", "maximize")
+_PACKED = {"eps1": ("eps", 0), "eps2": ("eps", 1)}
+
+
+def _defaults_for(variant: str) -> dict[str, Any]:
+    """Every option's default under `variant` (torch's for an unknown name,
+    which validation then refuses)."""
+    if variant not in _VARIANTS:
+        variant = "torch"
+    return {o["name"]: o["defaults"][variant] for o in _OPTIONS}
+
+
 # Group keys beyond torch.optim.Adafactor's, with their defaults. A state dict
 # saved by torch.optim.Adafactor lacks them; __setstate__ fills them in.
 _EXTRA_DEFAULTS: dict[str, Any] = {
-    "beta1": None,
-    "relative_step": True,
-    "scale_parameter": True,
-    "warmup_init": False,
-    "variant": "torch",
-    "factored_dims": "last_two",
-    "min_dim_size_to_factor": 0,
-    "fp32_state": False,
-    "stochastic_rounding": False,
-    "skip_nan_updates": False,
-}
+    name: value for name, value in _defaults_for("torch").items()
+    if name not in _TORCH_ARGUMENTS}
 
 
 def _number(name: str, value) -> float:
@@ -36,29 +46,34 @@ def _number(name: str, value) -> float:
     return float(value)
 
 
+_CONVERT = {
+    "double": _number,
+    "optional_double": lambda name, v: None if v is None else _number(name, v),
+    "bool": lambda name, v: bool(v),
+    "int": lambda name, v: int(v),
+    "enum": lambda name, v: str(v),
+}
+
+
+def _group_value(group: dict, name: str):
+    if name in _PACKED:
+        key, index = _PACKED[name]
+        return group[key][index]
+    return group[name]
+
+
 def _core_options(group: dict) -> dict:
     """The core's keyword options for a parameter group, read at step time so
     that LR schedulers and wrappers that edit param_groups take effect."""
-    eps1, eps2 = group["eps"]
-    return {
-        "lr": _number("lr", group["lr"]),
-        "beta2_decay": _number("beta2_decay", group["beta2_decay"]),
-        "eps1": None if eps1 is None else _number("eps1", eps1),
-        "eps2": _number("eps2", eps2),
-        "d": _number("d", group["d"]),
-        "weight_decay": _number("weight_decay", group["weight_decay"]),
-        "maximize": bool(group["maximize"]),
-        "beta1": None if group["beta1"] is None else _number("beta1", group["beta1"]),
-        "relative_step": bool(group["relative_step"]),
-        "scale_parameter": bool(group["scale_parameter"]),
-        "warmup_init": bool(group["warmup_init"]),
-        "variant": str(group["variant"]),
-        "factored_dims": str(group["factored_dims"]),
-        "min_dim_size_to_factor": int(group["min_dim_size_to_factor"]),
-        "fp32_state": bool(group["fp32_state"]),
-        "stochastic_rounding": bool(group["stochastic_rounding"]),
-        "skip_nan_updates": bool(group["skip_nan_updates"]),
-    }
+    return {o["name"]: _CONVERT[o["type"]](o["name"], _group_value(group, o["name"]))
+            for o in _OPTIONS}
+
+
+def _validate(group: dict) -> None:
+    # With variant="torch", torch.optim.Adafactor's own checks and messages
+    # come first (d >= 1 among them).
+    check = _C.validate_options_as_torch if group["variant"] == "torch" else _C.validate_options
+    check(**_core_options(group))
 
 
 def _check_parameter(p: Tensor) -> None:
@@ -159,11 +174,12 @@ class Adafactor(Optimizer):
 
     Every further option of the core is a keyword argument (``beta1``,
     ``relative_step``, ``scale_parameter``, ``warmup_init``, ``variant``,
-    ``factored_dims``, ``min_dim_size_to_factor``, ``fp32_state``,
-    ``stochastic_rounding``); see docs/python.md. ``foreach`` is accepted for
-    compatibility and ignored: every step is fused. ``lr=None`` (with
-    ``relative_step=True``) is transformers' call: the relative step alone sets
-    the step size, and ``AdafactorSchedule`` works (see _transformers_compat).
+    ``factored_dims``, ...: the group keys of ``_EXTRA_DEFAULTS``); those not
+    given take the default of the chosen ``variant``. See docs/python.md.
+    ``foreach`` is accepted for compatibility and ignored: every step is fused.
+    ``lr=None`` (with ``relative_step=True``) is transformers' call: the relative
+    step alone sets the step size, and ``AdafactorSchedule`` works (see
+    _transformers_compat).
     """
 
     def __init__(
@@ -177,20 +193,15 @@ class Adafactor(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
-        beta1: float | None = None,
-        relative_step: bool = True,
-        scale_parameter: bool = True,
-        warmup_init: bool = False,
-        variant: str = "torch",
-        factored_dims: str = "last_two",
-        min_dim_size_to_factor: int = 0,
-        fp32_state: bool = False,
-        stochastic_rounding: bool = False,
-        skip_nan_updates: bool = False,
+        **options,
     ) -> None:
+        for name in options:
+            if name not in _EXTRA_DEFAULTS:
+                raise TypeError(
+                    f"Adafactor.__init__() got an unexpected keyword argument '{name}'")
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        _hf.check_lr(lr, relative_step)
+        variant_defaults = _defaults_for(options.get("variant", _EXTRA_DEFAULTS["variant"]))
         defaults = {
             "lr": lr,
             "beta2_decay": beta2_decay,
@@ -199,22 +210,15 @@ class Adafactor(Optimizer):
             "weight_decay": weight_decay,
             "foreach": foreach,
             "maximize": maximize,
-            "beta1": beta1,
-            "relative_step": relative_step,
-            "scale_parameter": scale_parameter,
-            "warmup_init": warmup_init,
-            "variant": variant,
-            "factored_dims": factored_dims,
-            "min_dim_size_to_factor": min_dim_size_to_factor,
-            "fp32_state": fp32_state,
-            "stochastic_rounding": stochastic_rounding,
-            "skip_nan_updates": skip_nan_updates,
         }
+        for name in _EXTRA_DEFAULTS:
+            defaults[name] = options.get(name, variant_defaults[name])
         # Parameter updates skipped by skip_nan_updates (not in state_dict).
         self.skipped_updates = 0
         # RMS(param) before the last step, for _get_lr (not in state_dict).
         self._rms_before_step: dict = {}
-        _C.validate_options(**_core_options(_hf.core_group(defaults)))
+        _hf.check_lr(lr, defaults["relative_step"])
+        _validate(_hf.core_group(defaults))
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -222,7 +226,7 @@ class Adafactor(Optimizer):
         group = self.param_groups[-1]
         group["eps"] = tuple(group["eps"])
         _hf.init_group(group)
-        _C.validate_options(**_core_options(_hf.core_group(group)))
+        _validate(_hf.core_group(group))
         for p in group["params"]:
             _check_parameter(p)
 
@@ -245,8 +249,10 @@ class Adafactor(Optimizer):
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
-            for key, value in _EXTRA_DEFAULTS.items():
-                group.setdefault(key, value)
+            variant = group.setdefault("variant", _EXTRA_DEFAULTS["variant"])
+            for key, value in _defaults_for(variant).items():
+                if key in _EXTRA_DEFAULTS:
+                    group.setdefault(key, value)
             group["eps"] = tuple(group["eps"])
             _hf.init_group(group)
             for p in group["params"]:
@@ -288,6 +294,21 @@ class Adafactor(Optimizer):
 
 _TRANSFORMERS_GROUP_KEYS = {"params", "lr", "eps", "clip_threshold", "decay_rate", "beta1",
                             "weight_decay", "scale_parameter", "relative_step", "warmup_init"}
+
+
+def _init_signature():
+    """Adafactor.__init__ as help() and inspect should show it: torch's
+    arguments, then every further option of the table with its default."""
+    import inspect
+
+    sig = inspect.signature(Adafactor.__init__)
+    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+               for name, value in _EXTRA_DEFAULTS.items()]
+    return sig.replace(parameters=params)
+
+
+Adafactor.__init__.__signature__ = _init_signature()
 
 
 def from_transformers_state_dict(state_dict: dict) -> dict:

@@ -14,22 +14,10 @@
 #include <utility>
 #include <vector>
 
+#include "tcltorch/adafactor_options.h"
 #include "tcltorch/export.h"
 
 namespace tcltorch {
-
-// Where eps1 enters and how weight decay is scaled; see docs/algorithm.md.
-enum class AdafactorVariant : std::int8_t {
-  Torch,         // torch.optim.Adafactor: eps1 clamps V, decay scaled by lr
-  Transformers,  // the paper / transformers / fairseq: eps1 added to G^2,
-                 // decay scaled by the per-step lr_t
-};
-
-// Which two dimensions of a >= 2-D parameter carry the row/column factors.
-enum class FactoredDims : std::int8_t {
-  LastTwo,     // torch, transformers: dims -2 and -1
-  LargestTwo,  // optax, t5x: the two largest dims (ties: the later ones)
-};
 
 TCLTORCH_API const char* to_string(AdafactorVariant v);
 TCLTORCH_API const char* to_string(FactoredDims f);
@@ -39,46 +27,26 @@ TCLTORCH_API FactoredDims parse_factored_dims(const std::string& name);
 
 struct TCLTORCH_API AdafactorOptions
     : public torch::optim::OptimizerCloneableOptions<AdafactorOptions> {
+  // Every option at its default for the torch variant (the table's first
+  // column), with this lr.
   AdafactorOptions(double lr = 1e-2);
+  // Every option at its default for `variant`, the variant included.
+  static AdafactorOptions defaults_for(AdafactorVariant variant);
 
-  // Relative step on: the cap of rho_t = min(lr, 1/sqrt(t)); off: rho_t = lr.
-  TORCH_ARG(double, lr) = 1e-2;
-  // 1 - beta2_t = t^beta2_decay; must be <= 0.
-  TORCH_ARG(double, beta2_decay) = -0.8;
-  // Regulariser of the second moment. Unset: finfo(param dtype).eps per
-  // parameter for the torch variant, 1e-30 for the transformers variant.
-  TORCH_ARG(std::optional<double>, eps1) = std::nullopt;
-  // Floor of RMS(param) in the parameter scale.
-  TORCH_ARG(double, eps2) = 1e-3;
-  // Clip threshold on RMS(update).
-  TORCH_ARG(double, d) = 1.0;
-  TORCH_ARG(double, weight_decay) = 0.0;
-  TORCH_ARG(bool, maximize) = false;
-  // Momentum on the scaled, clipped update; unset = none (no exp_avg state).
-  TORCH_ARG(std::optional<double>, beta1) = std::nullopt;
-  TORCH_ARG(bool, relative_step) = true;
-  TORCH_ARG(bool, scale_parameter) = true;
-  // With relative_step: the cap of rho_t becomes 1e-6 * t instead of lr.
-  TORCH_ARG(bool, warmup_init) = false;
-  TORCH_ARG(AdafactorVariant, variant) = AdafactorVariant::Torch;
-  TORCH_ARG(FactoredDims, factored_dims) = FactoredDims::LastTwo;
-  // 0: factor every >= 2-D tensor; else only when both factored dims are at
-  // least this size.
-  TORCH_ARG(std::int64_t, min_dim_size_to_factor) = 0;
-  // bf16/fp16 parameters: keep the state in fp32 (it follows the gradient
-  // dtype otherwise, as in torch.optim.Adafactor).
-  TORCH_ARG(bool, fp32_state) = false;
-  // bf16 parameters: round the fp32 result back stochastically.
-  TORCH_ARG(bool, stochastic_rounding) = false;
-  // A gradient with an infinite or NaN element leaves the parameter and its
-  // state (step count included) untouched; the optimizer counts the skip.
-  // Off: non-finite values flow into the update, as in torch.optim.Adafactor.
-  TORCH_ARG(bool, skip_nan_updates) = false;
+  // One field and setter per row of the table in tcltorch/adafactor_options.h,
+  // which documents each.
+#define TCLTORCH_ADAFACTOR_OPTION_FIELD(ctype, field, ...) TORCH_ARG(ctype, field){};
+  TCLTORCH_ADAFACTOR_OPTIONS(TCLTORCH_ADAFACTOR_OPTION_FIELD)
+#undef TCLTORCH_ADAFACTOR_OPTION_FIELD
 
  public:
   // Throws c10::ValueError naming the first invalid option, its value and
   // the allowed range.
   void validate() const;
+  // torch.optim.Adafactor's own checks, with its messages ("Clipping
+  // threshold d should be >= 1 but is: 0.0"), for the options it has; then
+  // validate(). The Python class runs it for variant="torch".
+  void validate_as_torch() const;
 
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
