@@ -32,7 +32,7 @@ REPO = HERE.parent
 EXAMPLE = REPO / "examples" / "train_charlm.tcl"
 TEXT = REPO / "examples" / "data" / "tcl_manual.txt"
 
-FULL = dict(layers=4, dModel=128, heads=4, ff=512, context=128, batch=32)
+FULL = dict(layers=4, dModel=128, heads=4, ff=512, context=128, batch=16)  # the example's
 SMOKE = dict(layers=1, dModel=16, heads=2, ff=32, context=16, batch=4)
 COMMON = dict(lr=0.01, warmup=10, minLr=0.001, weightDecay=0.01, clip=1.0)
 TARGET = 1.05
