@@ -260,3 +260,34 @@ def test_wrong_input_shape_is_a_tcl_error(tcl):
         tcl.eval(f"torch::forward {m} [torch::randn {{2 3 6}}]")
     assert info.value.code[:2] == ("TORCH", "VALUE")
     assert "(batch, sequence, 8)" in info.value.message
+
+
+@pytest.mark.parametrize("norm_first", [0, 1])
+def test_transformer_encoder_layer_dropout_draws_as_torch_nn(tcl, norm_first):
+    """In training mode with dropout, the layer draws its masks from the global
+    generator in torch.nn's order (attention, dropout1, dropout, dropout2):
+    after the same seed, the same output."""
+    m = tcl.eval(f"torch::transformer_encoder_layer -dModel 16 -nHead 4 -dimFeedforward 32 "
+                 f"-dropout 0.3 -activation gelu -normFirst {norm_first} -causal 1")
+    ref = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.3, activation="gelu",
+                                     batch_first=True, norm_first=bool(norm_first))
+    load_into(ref, tcl, m)
+    x = randn(2, 5, 16, dtype=torch.float32)
+    h = tcl.put_tensor(x)
+    tcl.eval("torch::manual_seed 42")
+    out_t = tcl.tensor(tcl.eval(f"torch::forward {m} {h}"))
+    torch.manual_seed(42)
+    out_r = ref(x, src_mask=causal_mask(5, torch.float32), is_causal=True)
+    torch.testing.assert_close(out_t, out_r, **TOL[torch.float32])
+    tcl.eval("torch::manual_seed 43")
+    assert not torch.allclose(tcl.tensor(tcl.eval(f"torch::forward {m} {h}")), out_t)
+
+
+def test_transformer_encoder_layer_save_and_load(tcl, tmp_path):
+    f = tmp_path / "layer.pt"
+    a = tcl.eval("torch::transformer_encoder_layer 8 2 16 0.0 relu 1 1")
+    b = tcl.eval("torch::transformer_encoder_layer 8 2 16 0.0 relu 1 1")
+    tcl.eval(f"torch::module_save {a} {{{f}}}; torch::module_load {b} {{{f}}}")
+    x = tcl.put_tensor(randn(2, 4, 8, dtype=torch.float32))
+    assert torch.equal(tcl.tensor(tcl.eval(f"torch::forward {a} {x}")),
+                       tcl.tensor(tcl.eval(f"torch::forward {b} {x}")))
