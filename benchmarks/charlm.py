@@ -1,7 +1,7 @@
 """The char-LM training step of examples/train_charlm.tcl, from Tcl and from
 Python, side by side (a row of `make bench`):
 
-    .venv/bin/python benchmarks/charlm.py            # the example's model, ~1 minute
+    .venv/bin/python benchmarks/charlm.py            # the example's model, a few minutes
     .venv/bin/python benchmarks/charlm.py --smoke    # a tiny model, the same code paths
 
 One step is: a batch of random windows, forward, cross-entropy, backward,
