@@ -26,6 +26,7 @@ bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps timm
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/charlm.py
 
 clean:
 	rm -rf build build-install.log

@@ -24,6 +24,8 @@ const std::vector<CommandDef>& tensor_commands();
 const std::vector<CommandDef>& module_commands();
 const std::vector<CommandDef>& optimizer_commands();
 const std::vector<CommandDef>& math_commands();
+const std::vector<CommandDef>& nn_commands();        // commands_nn.cpp
+const std::vector<CommandDef>& training_commands();  // commands_training.cpp
 
 // Sets the interpreter result to a string.
 inline int ok(Tcl_Interp* interp, const std::string& result) {

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tcl_nn_cases
 from conftest import REPO, run_tclsh
 from tcltorch import _C
 from tcltorch.tcl import TclError
@@ -74,6 +75,7 @@ COVERED = {
     "torch::optimizer_state", "torch::optimizer_save", "torch::optimizer_load",
     "torch::optimizer_zero_grad", "torch::optimizer_lr",
 }
+COVERED |= tcl_nn_cases.COMMANDS  # their results: test_tcl_nn.py, test_tcl_training_commands.py
 
 
 def test_every_command_is_covered(tcl):
@@ -1480,6 +1482,8 @@ BAD += [
         ("torch::optimizer_load -optimizer $o -path $f", lookup("-path"), "bad option"),
     ]),
 ]
+
+BAD += tcl_nn_cases.BAD
 
 BAD_CASES = [(cmd, good, bad, code, text) for cmd, good, bads in BAD
              for bad, code, text in bads if code is not None]
