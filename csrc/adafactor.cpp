@@ -328,6 +328,14 @@ Adafactor::Adafactor(
     const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
     AdafactorOptions defaults)
     : Optimizer(param_groups, std::make_unique<AdafactorOptions>(defaults)) {
+  // LibTorch's add_param_group merges a group's own options into the
+  // defaults only for the optimizers it knows, and gives any other one the
+  // defaults: each group gets its options back here.
+  for (std::size_t i = 0; i < param_groups.size(); ++i) {
+    if (param_groups[i].has_options()) {
+      param_groups_[i].set_options(param_groups[i].options().clone());
+    }
+  }
   defaults.validate();
   for (auto& group : param_groups_) {
     static_cast<AdafactorOptions&>(group.options()).validate();
