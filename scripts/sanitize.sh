@@ -213,7 +213,7 @@ LD_PRELOAD="$preload" tclsh "$work/fuzz/discover.tcl" > "$work/fuzz/commands.txt
 "$PY" tests/test_reliability_fuzz.py write-calls "$work/fuzz/commands.txt" \
   "$work/fuzz/calls.txt" "$FUZZ_CALLS"
 mkdir -p "$work/fuzz/cwd"
-(cd "$work/fuzz/cwd" && run fuzz "$work/fuzz/driver.tcl" "$work/fuzz/calls.txt" "$work/fuzz/files" 1)
+(cd "$work/fuzz/cwd" && run fuzz "$work/fuzz/driver.tcl" "$work/fuzz/calls.txt" "$work/fuzz/files")
 if grep -q "^VIOLATION" "$work/fuzz.log"; then
   grep "^VIOLATION" "$work/fuzz.log" | head -20
   failed=1

@@ -23,9 +23,15 @@ command -v tclsh >/dev/null 2>&1 || need+=(tcl tcl-thread)
 [ -f /usr/include/tcl8.6/tcl.h ] || [ -f /usr/include/tcl/tcl.h ] || need+=(tcl-dev)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
-# The Thread package: Tcl threads in the reliability tests.
-if command -v tclsh >/dev/null 2>&1 && ! echo 'package require Thread' | tclsh >/dev/null 2>&1; then
+# The Thread package: Tcl threads in the reliability tests. Asked with a
+# script file: tclsh reading commands from stdin exits 0 after an error.
+if command -v tclsh >/dev/null 2>&1 && ! tclsh scripts/tcl_has_package.tcl Thread >/dev/null 2>&1; then
   need+=(tcl-thread)
+fi
+# SETUP_PRINT_MISSING=1: only print the Debian packages that would be installed.
+if [ "${SETUP_PRINT_MISSING:-0}" = 1 ]; then
+  echo "${need[*]}"
+  exit 0
 fi
 if ((${#need[@]})); then
   step "installing Debian packages: ${need[*]}"
@@ -76,8 +82,13 @@ fi
 # tree between runs, so a rebuild only recompiles what changed.
 step "building and installing tcltorch (first build: a few minutes)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-if ! "$py" -m pip install --disable-pip-version-check --no-build-isolation --no-deps \
-     -v . > build-install.log 2>&1; then
+# The compiler steps are in the log; scripts/build_progress.sh shows ninja's
+# [n/N] counter while it grows.
+"$py" -m pip install --disable-pip-version-check --no-build-isolation --no-deps \
+  -v . > build-install.log 2>&1 &
+build_pid=$!
+scripts/build_progress.sh build-install.log "$build_pid"
+if ! wait "$build_pid"; then
   grep -E "error|Error|CMake" build-install.log | head -40 >&2
   echo "error: building tcltorch failed; the whole log is in build-install.log" >&2
   exit 1
