@@ -173,7 +173,7 @@ EOF
 run child-interpreters "$work/interps.tcl"
 
 # 4. Two Tcl threads training at once (when the Thread package is there).
-if echo 'package require Thread' | tclsh >/dev/null 2>&1; then
+if tclsh scripts/tcl_has_package.tcl Thread >/dev/null 2>&1; then
   cat > "$work/threads.tcl" <<'EOF'
 package require Thread
 set body {
