@@ -96,6 +96,21 @@ def _name(page: Path) -> str:
     return page.relative_to(REPO).as_posix()
 
 
+def _reader_dir(tmp_path: Path) -> Path:
+    """Where the examples run: a scratch directory that looks like the
+    checkout (links to its top-level files and folders), so that a path such
+    as examples/data/digits.txt works as it does for a reader in the
+    checkout, while the files an example writes stay out of it."""
+    cwd = tmp_path / "checkout"
+    if cwd.is_dir():
+        return cwd
+    cwd.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in {".git", ".venv", "build"}:
+            (cwd / entry.name).symlink_to(entry)
+    return cwd
+
+
 TCL_PAGES = [p for p in _pages() if _runnable(p, "tcl")]
 
 
@@ -190,9 +205,8 @@ def test_tcl_examples_run(page, tmp_path):
         args += [str(f), str(b.line)]
     driver = tmp_path / "driver.tcl"
     driver.write_text(TCL_DRIVER)
-    # Examples that write files write them here, not into the checkout.
     proc = subprocess.run(["tclsh", str(driver), *args], capture_output=True, text=True,
-                          env=tclsh_env(), cwd=tmp_path, timeout=300)
+                          env=tclsh_env(), cwd=_reader_dir(tmp_path), timeout=300)
     assert proc.returncode == 0 and "DOCS-EXAMPLES-DONE" in proc.stdout, (
         f"{_name(page)}: an example failed\n{proc.stderr[-3000:]}")
 
@@ -223,7 +237,7 @@ def test_python_examples_run(page, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(PY_DRIVER)
     proc = subprocess.run([sys.executable, str(driver), *args], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+                          cwd=_reader_dir(tmp_path), timeout=300)
     assert proc.returncode == 0 and "DOCS-EXAMPLES-DONE" in proc.stdout, (
         f"{_name(page)}: an example failed\n{proc.stderr[-3000:]}")
 
@@ -270,6 +284,6 @@ def test_cpp_examples_compile(page, tmp_path):
         if re.search(r"\bint\s+main\s*\(", block.code):
             exe = build / re.search(r"add_executable\(\s*(\S+)", lists)[1]
             proc = subprocess.run([str(exe)], capture_output=True, text=True, env=env,
-                                  cwd=tmp_path, timeout=300)
+                                  cwd=_reader_dir(tmp_path), timeout=300)
             assert proc.returncode == 0, f"{where}: the program failed\n" + (
                 proc.stdout + proc.stderr)[-4000:]
