@@ -3,7 +3,7 @@
 # out 20% for testing: first with torch::optimizer_adafactor at its default
 # options, then with torch::optimizer_adam for comparison.
 #
-#   TCLLIBPATH=$(python -m tcltorch tcl-path) tclsh examples/train_digits.tcl ?epochs? ?batch?
+#   TCLLIBPATH="$(.venv/bin/python -m tcltorch tcl-path)" tclsh examples/train_digits.tcl ?epochs? ?batch?
 package require torch
 
 set epochs [expr {$argc > 0 ? [lindex $argv 0] : 5}]

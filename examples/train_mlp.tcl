@@ -1,7 +1,7 @@
 # Trains the seed page's network (784-256-10 with ReLU) with
 # torch::optimizer_adafactor on a fixed synthetic batch and prints the loss.
 #
-#   TCLLIBPATH=$(python -m tcltorch tcl-path) tclsh examples/train_mlp.tcl ?steps?
+#   TCLLIBPATH="$(.venv/bin/python -m tcltorch tcl-path)" tclsh examples/train_mlp.tcl ?steps?
 package require torch
 
 set steps [expr {$argc > 0 ? [lindex $argv 0] : 20}]

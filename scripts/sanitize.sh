@@ -173,7 +173,7 @@ EOF
 run child-interpreters "$work/interps.tcl"
 
 # 4. Two Tcl threads training at once (when the Thread package is there).
-if echo 'package require Thread' | tclsh >/dev/null 2>&1; then
+if tclsh scripts/tcl_has_package.tcl Thread >/dev/null 2>&1; then
   cat > "$work/threads.tcl" <<'EOF'
 package require Thread
 set body {
@@ -213,7 +213,7 @@ LD_PRELOAD="$preload" tclsh "$work/fuzz/discover.tcl" > "$work/fuzz/commands.txt
 "$PY" tests/test_reliability_fuzz.py write-calls "$work/fuzz/commands.txt" \
   "$work/fuzz/calls.txt" "$FUZZ_CALLS"
 mkdir -p "$work/fuzz/cwd"
-(cd "$work/fuzz/cwd" && run fuzz "$work/fuzz/driver.tcl" "$work/fuzz/calls.txt" "$work/fuzz/files" 1)
+(cd "$work/fuzz/cwd" && run fuzz "$work/fuzz/driver.tcl" "$work/fuzz/calls.txt" "$work/fuzz/files")
 if grep -q "^VIOLATION" "$work/fuzz.log"; then
   grep "^VIOLATION" "$work/fuzz.log" | head -20
   failed=1

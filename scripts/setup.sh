@@ -7,6 +7,7 @@
 #   VENV        virtualenv directory (default .venv)
 #   PYTHON      interpreter that creates it (default python3)
 #   WITH_TEST=1 also install the test dependencies
+#   SETUP_PRINT_MISSING=1  only print the Debian packages it would install, and stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,9 +24,14 @@ command -v tclsh >/dev/null 2>&1 || need+=(tcl tcl-thread)
 [ -f /usr/include/tcl8.6/tcl.h ] || [ -f /usr/include/tcl/tcl.h ] || need+=(tcl-dev)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
-# The Thread package: Tcl threads in the reliability tests.
-if command -v tclsh >/dev/null 2>&1 && ! echo 'package require Thread' | tclsh >/dev/null 2>&1; then
+# The Thread package: Tcl threads in the reliability tests. Asked with a
+# script file: tclsh reading commands from stdin exits 0 after an error.
+if command -v tclsh >/dev/null 2>&1 && ! tclsh scripts/tcl_has_package.tcl Thread >/dev/null 2>&1; then
   need+=(tcl-thread)
+fi
+if [ "${SETUP_PRINT_MISSING:-0}" = 1 ]; then
+  echo "${need[*]}"
+  exit 0
 fi
 if ((${#need[@]})); then
   step "installing Debian packages: ${need[*]}"
@@ -79,8 +85,18 @@ fi
 # tree between runs, so a rebuild only recompiles what changed.
 step "building and installing tcltorch (first build: a few minutes)"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
-if ! "$py" -m pip install --disable-pip-version-check --no-build-isolation --no-deps \
-     -v . > build-install.log 2>&1; then
+# The compiler steps are in the log; scripts/build_progress.sh shows ninja's
+# [n/N] counter while it grows. The build runs in its own process group, so
+# that Ctrl-C (or a kill of this script) stops all of it.
+setsid --wait "$py" -m pip install --disable-pip-version-check --no-build-isolation \
+  --no-deps -v . > build-install.log 2>&1 &
+build_pid=$!
+scripts/build_progress.sh build-install.log "$build_pid" &
+progress_pid=$!
+trap 'kill -- -"$build_pid" 2>/dev/null || kill "$build_pid"; kill "$progress_pid"; exit 130' INT TERM
+wait "$progress_pid" || true
+trap - INT TERM
+if ! wait "$build_pid"; then
   grep -E "error|Error|CMake" build-install.log | head -40 >&2
   echo "error: building tcltorch failed; the whole log is in build-install.log" >&2
   exit 1

@@ -2,8 +2,10 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <string_view>
 
 #include "errors.h"
 
@@ -79,33 +81,35 @@ bool starts_with(const char* text, const char* prefix, std::size_t len) {
 }
 
 // Exact spelling first, then a unique prefix of any spelling. Returns the
-// index of the argument, or -1 after leaving an error in the interpreter.
-int find_option(Tcl_Interp* interp, const CommandSpec& spec, Tcl_Obj* word) {
-  const char* text = Tcl_GetString(word);
+// index of the argument, -1 for no match, -2 for an ambiguous prefix.
+int match_option(const CommandSpec& spec, const char* text) {
   const char* key = text[0] == '-' ? text + 1 : nullptr;
-  if (key && *key) {
-    const auto len = std::strlen(key);
-    int match = -1;
-    bool ambiguous = false;
-    for (std::size_t i = 0; i < spec.args.size(); ++i) {
-      const auto& a = spec.args[i];
-      if (std::strcmp(a.name, key) == 0 || (a.snake && std::strcmp(a.snake, key) == 0)) {
-        return static_cast<int>(i);
-      }
-      if (starts_with(a.name, key, len) || (a.snake && starts_with(a.snake, key, len))) {
-        if (match >= 0) ambiguous = true;
-        match = static_cast<int>(i);
-      }
+  if (!key || !*key) return -1;
+  const auto len = std::strlen(key);
+  int match = -1;
+  bool ambiguous = false;
+  for (std::size_t i = 0; i < spec.args.size(); ++i) {
+    const auto& a = spec.args[i];
+    if (std::strcmp(a.name, key) == 0 || (a.snake && std::strcmp(a.snake, key) == 0)) {
+      return static_cast<int>(i);
     }
-    if (match >= 0 && !ambiguous) return match;
-    if (ambiguous) {
-      fail(interp,
-           std::string("ambiguous option \"") + text + "\": must be " + option_list(spec),
-           {"TCL", "LOOKUP", "INDEX", "option", text});
-      return -1;
+    if (starts_with(a.name, key, len) || (a.snake && starts_with(a.snake, key, len))) {
+      if (match >= 0) ambiguous = true;
+      match = static_cast<int>(i);
     }
   }
-  fail(interp, std::string("bad option \"") + text + "\": must be " + option_list(spec),
+  return ambiguous ? -2 : match;
+}
+
+// match_option, or -1 after leaving Tcl's "bad option" or "ambiguous
+// option" error in the interpreter.
+int find_option(Tcl_Interp* interp, const CommandSpec& spec, Tcl_Obj* word) {
+  const char* text = Tcl_GetString(word);
+  const int i = match_option(spec, text);
+  if (i >= 0) return i;
+  fail(interp,
+       std::string(i == -2 ? "ambiguous" : "bad") + " option \"" + text + "\": must be " +
+           option_list(spec),
        {"TCL", "LOOKUP", "INDEX", "option", text});
   return -1;
 }
@@ -115,13 +119,56 @@ int bad_value(Tcl_Interp* interp, const ArgSpec& arg, Tcl_Obj* obj,
   return tcltorch::tcl::bad_value(interp, arg.name, obj, requirement);
 }
 
+// Whether Tcl refused `obj` as a double only because it is a NaN (Tcl
+// parses "nan" but Tcl_GetDoubleFromObj rejects it), so that -lr nan and
+// -lr inf get the same message.
+bool is_nan_text(Tcl_Obj* obj) {
+  const char* text = Tcl_GetString(obj);
+  char* end = nullptr;
+  const double v = std::strtod(text, &end);
+  if (end == text) return false;
+  while (std::isspace(static_cast<unsigned char>(*end))) ++end;
+  return *end == '\0' && std::isnan(v);
+}
+
+// Whether `obj` is written as an integer (Tcl's decimal, 0x, 0o or 0b
+// forms), whatever its size.
+bool is_integer_text(Tcl_Obj* obj) {
+  std::string_view t = Tcl_GetString(obj);
+  auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  while (!t.empty() && space(t.front())) t.remove_prefix(1);
+  while (!t.empty() && space(t.back())) t.remove_suffix(1);
+  if (!t.empty() && (t.front() == '-' || t.front() == '+')) t.remove_prefix(1);
+  int base = 10;
+  if (t.size() > 2 && t[0] == '0' && std::strchr("xXoObB", t[1])) {
+    base = std::strchr("xX", t[1]) ? 16 : std::strchr("oO", t[1]) ? 8 : 2;
+    t.remove_prefix(2);
+  }
+  if (t.empty()) return false;
+  for (char c : t) {
+    const int d = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
+                  : std::isxdigit(static_cast<unsigned char>(c))
+                      ? std::tolower(static_cast<unsigned char>(c)) - 'a' + 10
+                      : 99;
+    if (d >= base) return false;
+  }
+  return true;
+}
+
+// "an integer", with the table's rule when it has one ("an integer >= 0").
+std::string an_integer(const ArgSpec& arg) {
+  return arg.rule.text ? std::string("an integer ") + arg.rule.text : "an integer";
+}
+
 // Converts and validates one value into `v`.
 int convert(Tcl_Interp* interp, const ArgSpec& arg, Tcl_Obj* obj, double& number, Tcl_WideInt& integer, bool& flag,
             std::string& text) {
   switch (arg.type) {
     case ArgType::Double: {
       if (Tcl_GetDoubleFromObj(nullptr, obj, &number) != TCL_OK) {
-        return bad_value(interp, arg, obj, "must be a floating-point number");
+        return bad_value(interp, arg, obj,
+                         is_nan_text(obj) ? "must be a finite number"
+                                          : "must be a floating-point number");
       }
       if (!std::isfinite(number)) {
         return bad_value(interp, arg, obj, "must be a finite number");
@@ -133,7 +180,16 @@ int convert(Tcl_Interp* interp, const ArgSpec& arg, Tcl_Obj* obj, double& number
     }
     case ArgType::Int: {
       if (get_wide_int(obj, integer) != TCL_OK) {
-        return bad_value(interp, arg, obj, "must be an integer in [-2^63, 2^63)");
+        // Not an integer (2.5, x): the rule it has to meet.
+        std::string requirement = "must be " + an_integer(arg);
+        if (is_integer_text(obj)) {
+          // Too large for 64 bits: say which end was passed.
+          const bool negative = std::strchr(Tcl_GetString(obj), '-') != nullptr;
+          requirement = !negative           ? "must be an integer below 2^63"
+                        : arg.rule.text     ? std::string("must be ") + arg.rule.text
+                                            : "must be an integer >= -2^63";
+        }
+        return bad_value(interp, arg, obj, requirement);
       }
       if (arg.rule.accept && !arg.rule.accept(static_cast<double>(integer))) {
         return bad_value(interp, arg, obj, std::string("must be ") + arg.rule.text);
@@ -246,6 +302,29 @@ int parse_args(Tcl_Interp* interp, const CommandSpec& spec, int objc,
     std::size_t max_positional = 0;
     while (max_positional < spec.args.size() && spec.args[max_positional].positional) {
       ++max_positional;
+    }
+    // An option of this command after a positional first argument, where
+    // it cannot be a value (too many words, a value of the wrong type, or a
+    // handle slot): the caller mixed the two forms.
+    for (int k = 2; k < objc; ++k) {
+      if (!looks_like_option(objv[k]) || match_option(spec, Tcl_GetString(objv[k])) < 0) {
+        continue;
+      }
+      const auto slot = static_cast<std::size_t>(k - 1);
+      bool mixed = slot >= max_positional || spec.args[slot].type == ArgType::Object;
+      if (!mixed) {
+        Args::Value scratch;
+        mixed = convert(interp, spec.args[slot], objv[k], scratch.number, scratch.integer,
+                        scratch.flag, scratch.text) != TCL_OK;
+      }
+      if (mixed) {
+        return fail(interp,
+                    std::string("bad argument \"") + Tcl_GetString(objv[k]) +
+                        "\": the positional and the named form cannot be mixed (the first "
+                        "argument is a positional value): should be \"" +
+                        positional_usage(spec) + "\" or \"" + named_usage(spec) + "\"",
+                    {"TCL", "WRONGARGS"});
+      }
     }
     if (static_cast<std::size_t>(objc - 1) > max_positional) {
       return fail(interp,

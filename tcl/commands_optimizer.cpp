@@ -7,6 +7,7 @@
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <cmath>
 #include <unordered_set>
 
@@ -32,6 +33,7 @@ int collect_parameters(Registry& registry, Tcl_Interp* interp, Tcl_Obj* value,
                      "must be a tensor handle, a module handle or a list of them");
   }
   std::unordered_set<const void*> seen;
+  std::vector<std::string> frozen;  // sources of parameters without requires_grad
   auto take = [&](const at::Tensor& t, const std::string& from) {
     if (!t.is_floating_point()) {
       return bad_value(interp, "parameters", value,
@@ -40,6 +42,9 @@ int collect_parameters(Registry& registry, Tcl_Interp* interp, Tcl_Obj* value,
     if (!t.is_leaf()) {
       return bad_value(interp, "parameters", value,
                        from + " is not a leaf tensor (it was computed from others)");
+    }
+    if (!t.requires_grad() && std::find(frozen.begin(), frozen.end(), from) == frozen.end()) {
+      frozen.push_back(from);
     }
     if (seen.insert(t.unsafeGetTensorImpl()).second) out.push_back(t);
     return TCL_OK;
@@ -67,6 +72,14 @@ int collect_parameters(Registry& registry, Tcl_Interp* interp, Tcl_Obj* value,
   }
   if (out.empty()) {
     return bad_value(interp, "parameters", value, "holds no parameters");
+  }
+  // Legal (the gradient may be set by other means) but almost always a
+  // mistake: backward never gives such a tensor a gradient.
+  for (const auto& from : frozen) {
+    const bool tensor = from.rfind("a parameter of ", 0) != 0;
+    warn(from + " does not require grad: until it does, backward gives it no gradient"
+         " and no optimizer step updates it" +
+         (tensor ? " (turn it on with torch::tensor_requires_grad " + from + " 1)" : ""));
   }
   return TCL_OK;
 }
@@ -278,6 +291,15 @@ int cmd_optimizer_sgd(Registry& registry, Tcl_Interp* interp, int objc, Tcl_Obj*
 
 // ------------------------------------------------------------ any optimizer
 
+bool has_gradients(const torch::optim::Optimizer& optimizer) {
+  for (const auto& group : optimizer.param_groups()) {
+    for (const auto& p : group.params()) {
+      if (p.grad().defined()) return true;
+    }
+  }
+  return false;
+}
+
 const CommandSpec kStep{"torch::optimizer_step", {
     {.name = "optimizer", .required = true, .placeholder = "optimizer"},
 }};
@@ -288,6 +310,13 @@ int cmd_optimizer_step(Registry& registry, Tcl_Interp* interp, int objc,
   if (parse_args(interp, kStep, objc, objv, args) != TCL_OK) return TCL_ERROR;
   std::shared_ptr<OptimizerEntry> opt;
   if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
+  if (!opt->warned_no_gradients && !has_gradients(*opt->optimizer)) {
+    opt->warned_no_gradients = true;
+    warn(std::string("torch::optimizer_step: no parameter of ") +
+         Tcl_GetString(args.obj("optimizer")) +
+         " has a gradient, so the step changed nothing (call torch::tensor_backward on a"
+         " loss first; said once per optimizer)");
+  }
   opt->optimizer->step();
   return ok(interp, "");
 }

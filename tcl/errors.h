@@ -22,6 +22,15 @@ int fail(Tcl_Interp* interp, const std::string& message,
 int bad_value(Tcl_Interp* interp, const std::string& option, Tcl_Obj* value,
               const std::string& requirement);
 
+// Whether LibTorch's error says that memory could not be allocated. The CPU
+// allocator throws a plain c10::Error ("DefaultCPUAllocator: can't allocate
+// memory: ..."), not c10::OutOfMemoryError.
+bool is_allocation_failure(const c10::Error& e) noexcept;
+
+// Writes "warning: <message>" and a newline on Tcl's stderr channel: for
+// mistakes that are legal but almost certainly unintended.
+void warn(const std::string& message);
+
 // Runs `body` (which returns a Tcl status) with every C++ exception turned
 // into a Tcl error prefixed by the command name.
 template <typename Body>
@@ -36,6 +45,11 @@ int guarded(Tcl_Interp* interp, const char* command, Body&& body) noexcept {
       return fail(interp, std::string(command) + ": out of memory: " + e.what_without_backtrace(),
                   {"TORCH", "MEMORY"});
     } catch (const c10::Error& e) {
+      if (is_allocation_failure(e)) {
+        return fail(interp,
+                    std::string(command) + ": out of memory: " + e.what_without_backtrace(),
+                    {"TORCH", "MEMORY"});
+      }
       return fail(interp, std::string(command) + ": " + e.what_without_backtrace(),
                   {"TORCH", "LIBTORCH"});
     } catch (const std::bad_alloc&) {

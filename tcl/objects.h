@@ -35,6 +35,9 @@ struct OptimizerEntry {
   // state: loading goes into one of these first, so a bad file changes
   // nothing.
   std::function<std::unique_ptr<torch::optim::Optimizer>()> make_fresh;
+  // torch::optimizer_step warns once per optimizer about a step that finds
+  // no gradient at all.
+  bool warned_no_gradients = false;
 };
 
 }  // namespace tcltorch::tcl

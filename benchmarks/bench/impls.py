@@ -92,6 +92,10 @@ class TclDoor:
         from tcltorch.tcl import Interp
 
         self.interp = Interp()
+        # What a Tcl user trains: tensors that require grad (the package
+        # warns on stderr about parameters that do not).
+        for p in params:
+            p.requires_grad_(True)
         handles = [self.interp.put_tensor(p) for p in params]
         self.interp.tk.call("set", "::bench_params", tuple(handles))
         # The core's default algorithm (variant torch, lr 1e-2, eps1 =

@@ -2,21 +2,29 @@
 
 The C++ core lives in the shared library next to this file; ``tcltorch._C``
 exposes it to Python, the Tcl package ``torch`` (see :func:`tcl_path`) to Tcl.
+
+``import tcltorch`` alone does not import torch, so that ``python -m tcltorch
+tcl-path`` answers at once: the compiled parts (``Adafactor``,
+``from_transformers_state_dict``, ``_C``, and ``tcltorch.tcl``) are loaded on
+first use, after checking that the installed torch is the one tcltorch was
+built against.
 """
 from __future__ import annotations
 
-import torch as _torch
+import importlib
 
 from . import _build_info
 from ._paths import cmake_prefix, tcl_path
 
 __version__ = _build_info.version
 
+_COMPILED = ("Adafactor", "from_transformers_state_dict", "_C")
 
-def _check_torch() -> None:
+
+def _check_torch(torch) -> None:
     # The compiled parts use LibTorch's C++ API, which has no stable ABI:
     # they only work with the torch they were built against.
-    built, running = _build_info.torch_version, _torch.__version__
+    built, running = _build_info.torch_version, torch.__version__
     if built.split("+")[0] != running.split("+")[0]:
         raise ImportError(
             f"tcltorch was built against torch {built} but torch {running} is "
@@ -24,10 +32,28 @@ def _check_torch() -> None:
         )
 
 
-_check_torch()
+def _compiled():
+    if "_C" not in globals():
+        import torch
 
-from . import _C  # noqa: E402  (needs torch's libraries loaded first)
-from .optim import Adafactor, from_transformers_state_dict  # noqa: E402
+        _check_torch(torch)
+        # _C needs torch's libraries loaded first (the import above).
+        globals()["_C"] = importlib.import_module("._C", __name__)
+    return globals()["_C"]
+
+
+def __getattr__(name: str):
+    if name == "_C":
+        return _compiled()
+    if name in _COMPILED:
+        optim = importlib.import_module(".optim", __name__)  # loads _C through the above
+        return getattr(optim, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_COMPILED))
+
 
 __all__ = ["Adafactor", "from_transformers_state_dict", "__version__", "cmake_prefix",
            "tcl_path", "_C"]

@@ -1,13 +1,19 @@
 """Command line: ``python -m tcltorch tcl-path | cmake-prefix | version``."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ._paths import cmake_prefix, tcl_path
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["tcl-path"]:
+        # The common case, in shells' $(...): no argparse, no torch.
+        print(tcl_path())
+        return 0
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m tcltorch")
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("tcl-path", help="directory for TCLLIBPATH / auto_path")

@@ -39,11 +39,22 @@ class Interp:
     @property
     def tk(self) -> tkinter.Tk:
         """The underlying tkinter interpreter."""
+        return self._live()
+
+    @property
+    def closed(self) -> bool:
+        return self._tk is None
+
+    def _live(self) -> tkinter.Tk:
+        if self._tk is None:
+            raise RuntimeError("this tcltorch.tcl.Interp is closed (close() was called, which "
+                               "freed its interpreter and handles); create a new Interp()")
         return self._tk
 
     def _call(self, *args):
+        tk = self._live()
         try:
-            return self._tk.call(*args)
+            return tk.call(*args)
         except tkinter.TclError as e:
             raise self._error(e) from None
 
@@ -53,8 +64,9 @@ class Interp:
     def eval(self, script: str) -> str:
         """Evaluates a script; returns its result as a string. Raises
         :class:`TclError` carrying the error code on failure."""
+        tk = self._live()
         try:
-            return self._tk.eval(script)
+            return tk.eval(script)
         except tkinter.TclError as e:
             raise self._error(e) from None
 
@@ -65,20 +77,21 @@ class Interp:
 
     def split(self, value) -> tuple:
         """Splits a Tcl list into a tuple of words."""
-        return tuple(self._tk.splitlist(value))
+        return tuple(self._live().splitlist(value))
 
     def tensor(self, handle: str) -> torch.Tensor:
         """The tensor behind a handle: the same tensor, sharing memory."""
-        return _C.tcl_get_tensor(self._tk.interpaddr(), str(handle))
+        return _C.tcl_get_tensor(self._live().interpaddr(), str(handle))
 
     def put_tensor(self, tensor: torch.Tensor) -> str:
         """Registers a tensor (shared, not copied) and returns its handle."""
-        return _C.tcl_add_tensor(self._tk.interpaddr(), tensor)
+        return _C.tcl_add_tensor(self._live().interpaddr(), tensor)
 
     def handles(self, pattern: str = "*") -> tuple[str, ...]:
         return self.split(self._call("torch::handles", pattern))
 
     def close(self) -> None:
         """Drops the interpreter: tkinter deletes it once no reference is
-        left, and the package frees every handle it held."""
+        left, and the package frees every handle it held. Any later use of
+        this object raises RuntimeError; closing again does nothing."""
         self._tk = None
