@@ -55,7 +55,7 @@ std::string python_repr(double v) {
   return text;
 }
 
-const char* type_name(OptionType type) {
+const char* type_words(OptionType type) {
   switch (type) {
     case OptionType::Double: return "a number";
     case OptionType::OptionalDouble: return "a number or unset";
@@ -67,7 +67,7 @@ const char* type_name(OptionType type) {
 }
 
 [[noreturn]] void wrong_type(const AdafactorOptionInfo& info) {
-  TORCH_CHECK_VALUE(false, info.name, " must be ", type_name(info.type));
+  TORCH_CHECK_VALUE(false, info.name, " must be ", type_words(info.type));
 }
 
 template <typename T>
