@@ -17,12 +17,15 @@ WITH_TEST=${WITH_TEST:-0}
 step() { printf '==> %s\n' "$*"; }
 
 # 1. System packages: Tcl with its headers and stubs library, its Thread
-# package, a compiler, CMake.
+# package, a compiler, CMake, gloo's headers.
 need=()
 command -v tclsh >/dev/null 2>&1 || need+=(tcl tcl-thread)
 [ -f /usr/include/tcl8.6/tcl.h ] || [ -f /usr/include/tcl/tcl.h ] || need+=(tcl-dev)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# gloo's headers, which torch's ProcessGroupGloo.hpp includes and the wheel
+# lacks (tcltorch::distributed).
+[ -f /usr/include/gloo/algorithm.h ] || need+=(libgloo-dev)
 # The Thread package: Tcl threads in the reliability tests.
 if command -v tclsh >/dev/null 2>&1 && ! echo 'package require Thread' | tclsh >/dev/null 2>&1; then
   need+=(tcl-thread)

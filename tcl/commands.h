@@ -24,6 +24,7 @@ const std::vector<CommandDef>& tensor_commands();
 const std::vector<CommandDef>& module_commands();
 const std::vector<CommandDef>& optimizer_commands();
 const std::vector<CommandDef>& math_commands();
+const std::vector<CommandDef>& distributed_commands();
 
 // Sets the interpreter result to a string.
 inline int ok(Tcl_Interp* interp, const std::string& result) {

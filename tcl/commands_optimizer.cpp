@@ -13,6 +13,7 @@
 #include "argspec.h"
 #include "tcltorch/checkpoint.h"
 #include "commands.h"
+#include "distributed.h"
 #include "errors.h"
 #include "objects.h"
 #include "tensor_util.h"
@@ -129,6 +130,9 @@ CommandSpec adafactor_spec(const char* name) {
        .positional = false},
       {.name = "skipNonFinite", .snake = "skip_non_finite", .type = ArgType::Bool,
        .default_value = "0", .placeholder = "bool", .positional = false},
+      // Door-level: ZeRO-1 over the interpreter's process group (commands_distributed.cpp).
+      {.name = "shardState", .snake = "shard_state", .type = ArgType::Bool,
+       .default_value = "0", .placeholder = "bool", .positional = false},
   }};
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
@@ -172,6 +176,7 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
       .stochastic_rounding(args.flag("stochasticRounding"))
       .skip_nan_updates(args.flag("skipNonFinite"));
   if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
+  if (args.flag("shardState")) return sharded_adafactor_result(registry, interp, params, options);
   return optimizer_result(registry, interp, "adafactor", [params, options] {
     return std::make_unique<Adafactor>(params, options);
   });

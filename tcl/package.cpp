@@ -49,6 +49,7 @@ extern "C" __attribute__((visibility("default"))) int Torch_Init(Tcl_Interp* int
     register_all(interp, module_commands());
     register_all(interp, optimizer_commands());
     register_all(interp, math_commands());
+    register_all(interp, distributed_commands());
     return Tcl_PkgProvide(interp, "torch", TCLTORCH_VERSION);
   });
 }
