@@ -59,7 +59,10 @@ int main(int argc, char** argv) {
     torch::nn::Sequential model(torch::nn::Linear(64, 256), torch::nn::ReLU(),
                                 torch::nn::Linear(256, 10));
     dist::DataParallel ddp(group, model->parameters(), model->buffers());
-    dist::ShardedAdafactor optimizer(group, model->parameters(), tcltorch::AdafactorOptions(0.01));
+    // The Tcl command's defaults: the paper's algorithm, relative step capped at 0.8.
+    const auto options =
+        tcltorch::AdafactorOptions(0.8).variant(tcltorch::AdafactorVariant::Transformers).eps1(1e-30);
+    dist::ShardedAdafactor optimizer(group, model->parameters(), options);
 
     double accuracy = 0;
     for (int epoch = 1; epoch <= epochs; ++epoch) {
