@@ -7,7 +7,6 @@
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
 
-#include <limits>
 #include <map>
 
 #include "error_util.h"
@@ -68,14 +67,15 @@ torch::Tensor ShardedAdafactor::step(LossClosure closure) {
     }
     Adafactor::step();
   }
-  // Every rank's share from it: one flat buffer per rank (and dtype).
+  // Every rank's share from it, in flat buffers of up to DDP's bucket size
+  // (per dtype): few messages, and no copy of a whole share at once.
   for (int r = 0; r < group_->world_size(); ++r) {
     std::map<at::ScalarType, std::vector<at::Tensor>> share;
     for (std::size_t i = 0; i < params.size(); ++i) {
       if (owners_[i] == r) share[params[i].scalar_type()].push_back(params[i]);
     }
     for (auto& [dtype, tensors] : share) {
-      broadcast_coalesced(*group_, tensors, r, std::numeric_limits<std::int64_t>::max());
+      broadcast_coalesced(*group_, tensors, r, kDefaultBucketBytes);
     }
   }
   return loss;
