@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from bench import cpp, report  # noqa: E402
+from bench import cpp, distributed, report  # noqa: E402
 from bench.impls import Impl, python_impls  # noqa: E402
 from bench.sets import FULL, FULL_SWEEP, SMOKE, SMOKE_SWEEP, clone  # noqa: E402
 from bench.timing import Plan, measure_rows  # noqa: E402
@@ -283,6 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cpp", action="store_true",
                     help="skip the C++ door and the floor (no C++ build)")
     ap.add_argument("--no-peak", action="store_true", help="skip the peak-memory processes")
+    ap.add_argument("--no-distributed", action="store_true",
+                    help="skip the sharded Adafactor at 1 and 2 ranks (torchrun)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
                     help="before each parameter set, wait until other processes use under "
                          "10%% of the CPU, at most SECONDS in all (default 60, with --smoke 0)")
@@ -325,6 +327,13 @@ def main(argv=None) -> int:
         peaks = bench.run_peaks(program)
         log(f"peak memory took {time.time() - phase:.0f} s")
 
+    dist_rows = []
+    if not args.no_distributed:
+        phase = time.time()
+        dist_rows = distributed.run(bench.sets["transformer"], 5 if args.smoke else args.reps,
+                                    log=log)
+        log(f"sharded Adafactor took {time.time() - phase:.0f} s")
+
     other = watch.share()
     elapsed = time.time() - start
     meta.update({
@@ -350,6 +359,7 @@ def main(argv=None) -> int:
         "times": bench.times,
         "other_cpu_share": bench.other_share,
         "peak": peaks,
+        "distributed": dist_rows,
     }
     results["targets"] = report.targets(results)
     text = report.tables(results)

@@ -2,8 +2,8 @@
 # Builds the core and the Tcl package with AddressSanitizer and
 # UndefinedBehaviorSanitizer in a separate tree (build/sanitize), then runs
 # Tcl scripts against that build in a plain tclsh: the seed page's examples,
-# the digits example (one epoch), child interpreters, two threads, and a
-# short run of the fuzzer of tests/test_reliability_fuzz.py.
+# the digits example (one epoch), child interpreters, two threads, a 2-rank
+# distributed run under torchrun, and a short run of the fuzzer of tests/test_reliability_fuzz.py.
 #
 # LibTorch and tclsh are not instrumented: the ASan runtime is preloaded
 # (LD_PRELOAD) so that it is initialised before anything else, and it then
@@ -207,7 +207,28 @@ else
   step "skipped: threads (no Tcl Thread package; apt-get install tcl-thread)"
 fi
 
-# 5. A short fuzz run (the generator and driver of tests/test_reliability_fuzz.py).
+# 5. Two ranks under torchrun: data parallel training, the sharded Adafactor
+# and its collective checkpoint (the worker of tests/test_tcl_distributed.py),
+# each rank a sanitized tclsh; then the checkpoint resumed in one process.
+mkdir -p "$work/ranks"
+port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+start=$SECONDS
+if OMP_NUM_THREADS=1 timeout 600 "$PY" -m torch.distributed.run --nproc-per-node 2 \
+     --master-addr 127.0.0.1 --master-port "$port" --no-python \
+     env LD_PRELOAD="$preload" tclsh "$repo/tests/dist_tcl/train_ranks.tcl" "$work/ranks" \
+     > "$work/two-ranks.log" 2>&1 \
+   && ! grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior|Leak)Sanitizer" "$work/two-ranks.log"; then
+  step "ok: two-ranks ($((SECONDS - start)) s)"
+else
+  step "FAILED: two-ranks ($((SECONDS - start)) s)"
+  grep -E -A30 "ERROR: (Address|Leak)Sanitizer|runtime error:" "$work/two-ranks.log" | head -60 \
+    || tail -30 "$work/two-ranks.log"
+  failed=1
+fi
+port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+run resume-one-rank "$repo/tests/dist_tcl/resume.tcl" "$work/ranks" "$port"
+
+# 6. A short fuzz run (the generator and driver of tests/test_reliability_fuzz.py).
 "$PY" tests/test_reliability_fuzz.py write-scripts "$work/fuzz"
 LD_PRELOAD="$preload" tclsh "$work/fuzz/discover.tcl" > "$work/fuzz/commands.txt"
 "$PY" tests/test_reliability_fuzz.py write-calls "$work/fuzz/commands.txt" \

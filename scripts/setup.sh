@@ -18,12 +18,15 @@ WITH_TEST=${WITH_TEST:-0}
 step() { printf '==> %s\n' "$*"; }
 
 # 1. System packages: Tcl with its headers and stubs library, its Thread
-# package, a compiler, CMake.
+# package, a compiler, CMake, gloo's headers.
 need=()
 command -v tclsh >/dev/null 2>&1 || need+=(tcl tcl-thread)
 [ -f /usr/include/tcl8.6/tcl.h ] || [ -f /usr/include/tcl/tcl.h ] || need+=(tcl-dev)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# gloo's headers, which torch's ProcessGroupGloo.hpp includes and the wheel
+# lacks (tcltorch::distributed).
+[ -f /usr/include/gloo/algorithm.h ] || need+=(libgloo-dev)
 # The Thread package: Tcl threads in the reliability tests. Asked with a
 # script file: tclsh reading commands from stdin exits 0 after an error.
 if command -v tclsh >/dev/null 2>&1 && ! tclsh scripts/tcl_has_package.tcl Thread >/dev/null 2>&1; then

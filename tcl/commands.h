@@ -26,6 +26,7 @@ const std::vector<CommandDef>& optimizer_commands();
 const std::vector<CommandDef>& math_commands();
 const std::vector<CommandDef>& nn_commands();        // commands_nn.cpp
 const std::vector<CommandDef>& training_commands();  // commands_training.cpp
+const std::vector<CommandDef>& distributed_commands();
 
 // Sets the interpreter result to a string.
 inline int ok(Tcl_Interp* interp, const std::string& result) {

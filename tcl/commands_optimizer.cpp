@@ -15,6 +15,7 @@
 #include "argspec.h"
 #include "tcltorch/checkpoint.h"
 #include "commands.h"
+#include "distributed.h"
 #include "errors.h"
 #include "objects.h"
 #include "tensor_util.h"
@@ -102,7 +103,10 @@ const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
 CommandSpec adafactor_spec(const char* name) {
   return adafactor_command_spec(
       name, {{.name = "parameters", .required = true, .placeholder = "tensorsOrModule"}},
-      {{.name = "groups", .placeholder = "groups", .positional = false}});
+      {{.name = "groups", .placeholder = "groups", .positional = false},
+       // ZeRO-1 over the interpreter's process group (commands_distributed.cpp).
+       {.name = "shardState", .snake = "shard_state", .type = ArgType::Bool,
+        .default_value = "0", .placeholder = "bool", .positional = false}});
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
 const CommandSpec kAdafactorAlias = adafactor_spec("torch::optimizerAdafactor");
@@ -190,11 +194,18 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
   std::vector<std::pair<std::vector<at::Tensor>, AdafactorOptions>> groups;
   AdafactorOptions defaults;
   if (adafactor_groups(registry, interp, args, groups, defaults) != TCL_OK) return TCL_ERROR;
+  if (groups.size() == 1 && args.flag("shardState")) {
+    return sharded_adafactor_result(registry, interp, groups[0].first, groups[0].second);
+  }
   if (groups.size() == 1) {
     return optimizer_result(registry, interp, "adafactor",
                             [params = groups[0].first, options = groups[0].second] {
                               return std::make_unique<Adafactor>(params, options);
                             });
+  }
+  if (args.flag("shardState")) {
+    return bad_value(interp, "shardState", args.obj("shardState"),
+                     "takes one parameter group: leave out -groups, or use -shardState 0");
   }
   return optimizer_result(registry, interp, "adafactor", [groups, defaults] {
     std::vector<torch::optim::OptimizerParamGroup> param_groups;

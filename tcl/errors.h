@@ -7,6 +7,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "tcltorch/distributed_error.h"
+
 #include <initializer_list>
 #include <new>
 #include <string>
@@ -38,6 +40,11 @@ int guarded(Tcl_Interp* interp, const char* command, Body&& body) noexcept {
   try {
     try {
       return body();
+    } catch (const tcltorch::distributed::Error& e) {
+      // A collective inside another command (a backward pass through a data
+      // parallel module, a sharded optimizer's step or save).
+      return fail(interp, std::string(command) + ": " + e.what(),
+                  {"TORCH", "DISTRIBUTED", e.code()});
     } catch (const c10::ValueError& e) {
       return fail(interp, std::string(command) + ": " + e.what_without_backtrace(),
                   {"TORCH", "VALUE"});

@@ -51,6 +51,7 @@ extern "C" __attribute__((visibility("default"))) int Torch_Init(Tcl_Interp* int
     register_all(interp, math_commands());
     register_all(interp, nn_commands());
     register_all(interp, training_commands());
+    register_all(interp, distributed_commands());
     return Tcl_PkgProvide(interp, "torch", TCLTORCH_VERSION);
   });
 }

@@ -63,6 +63,13 @@ def test_benchmark_smoke(tmp_path):
         assert p["added"] >= 0 and p["param_bytes"] > 0 and p["state_bytes"] > 0
     # Adafactor's factored state is far smaller than AdamW's two moments.
     assert peaks["py_C"]["state_bytes"] < peaks["adamw_fused"]["state_bytes"] / 10
+    # The sharded Adafactor at 1 and 2 ranks (torchrun): each of 2 ranks holds
+    # part of the state that 1 rank holds.
+    dist = {(d["world"], d["rank"]): d for d in res["distributed"]}
+    assert set(dist) == {(1, 0), (2, 0), (2, 1)}
+    assert all(d["step_s"] > 0 for d in dist.values())
+    assert dist[(2, 0)]["state_bytes"] + dist[(2, 1)]["state_bytes"] == dist[(1, 0)]["state_bytes"]
+    assert "Sharded Adafactor" in out
     ids = {t["id"] for t in res["targets"]}
     assert {"vs_torch", "vs_adamw", "vs_floor", "small_vs_torch", "tcl_overhead", "peak"} <= ids
     assert all(t["value"] is not None for t in res["targets"])
@@ -70,6 +77,7 @@ def test_benchmark_smoke(tmp_path):
     # The docs page, and its plots when matplotlib is there.
     page = (tmp_path / "performance.md").read_text()
     assert "## Targets" in page and "## Size sweep" in page and "## Memory" in page
+    assert "## Sharded Adafactor on 2 ranks" in page
     try:
         import matplotlib  # noqa: F401
     except ImportError:

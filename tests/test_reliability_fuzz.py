@@ -151,6 +151,17 @@ WEIRD_STRINGS = ["", " ", "-", "--", "-shape", "-Shape", "-zzz", "{", "}", "{a",
                  "[torch::zeros 3]"]
 
 
+# A process group of several ranks waits for peers that never come here (up
+# to its -timeout, which the fuzz may make huge): tests/test_tcl_distributed.py
+# covers it. The other distributed commands are fuzzed (without a group they
+# fail at once).
+NOT_FUZZED = {"torch::distributed_init"}
+# Without a group these can only fail (parsing and errors are fuzzed).
+NEED_A_GROUP = {"torch::all_reduce", "torch::broadcast", "torch::all_gather", "torch::barrier",
+                "torch::distributed_rank", "torch::distributed_world_size",
+                "torch::distributed_data_parallel"}
+
+
 class Gen:
     """Random argument lists (as `subst` templates: literal text escaped, and
     [S kind n] standing for the n-th live object of a kind, picked when the
@@ -159,7 +170,7 @@ class Gen:
     def __init__(self, seed: int, specs: dict[str, dict | None]):
         self.r = random.Random(seed)
         self.specs = specs
-        self.commands = sorted(specs)
+        self.commands = sorted(c for c in specs if c not in NOT_FUZZED)
 
     # -- small helpers
     def ph(self, kind: str) -> str:
@@ -738,11 +749,11 @@ def test_fuzz_every_command(tmp_path, capsys):
     assert stats["violations"] == 0
     assert stats["calls"] >= MIN_EXECUTED
     assert stats["calls"] == stats["errors"] + stats["ok"]
-    assert set(percmd) == set(specs), "a command was never fuzzed"
+    assert set(percmd) == set(specs) - NOT_FUZZED, "a command was never fuzzed"
     assert all(n >= 50 for n, _ in percmd.values()), percmd
     # The generator reaches the command bodies, not only the parser: every
     # command succeeds at least once.
-    assert all(k >= 1 for _, k in percmd.values()), \
+    assert all(k >= 1 for c, (_, k) in percmd.items() if c not in NEED_A_GROUP), \
         {c: v for c, v in percmd.items() if v[1] == 0}
     assert stats["errors"] >= 0.2 * stats["calls"] and stats["ok"] >= 0.2 * stats["calls"]
     assert float(final[2]) < 0.5 * float(final[1]), final

@@ -32,6 +32,9 @@ OPTIONS = [
     ("fp32State", "fp32_state"), ("stochasticRounding", "stochastic_rounding"),
     ("skipNonFinite", "skip_non_finite"),
 ]
+# Options of the command that are not the optimizer's numbers: -shardState
+# (a process group's ZeRO-1, tests/test_tcl_distributed.py).
+DOOR_OPTIONS = [("shardState", "shard_state")]
 SPELLINGS = [s for pair in OPTIONS for s in pair if s]
 
 
@@ -283,7 +286,8 @@ def test_unknown_option_lists_every_option(tcl):
     t = tcl.eval("torch::zeros {3 3}")
     with pytest.raises(TclError) as info:
         tcl.eval(f"torch::optimizer_adafactor -parameters {t} -x 1")
-    names = [f"-{camel}" for camel, _ in OPTIONS] + ["-groups"]  # door-level, last
+    names = ([f"-{camel}" for camel, _ in OPTIONS] + ["-groups"]  # door-level, last
+             + [f"-{camel}" for camel, _ in DOOR_OPTIONS])
     assert info.value.message == \
         f'bad option "-x": must be {", ".join(names[:-1])}, or {names[-1]}'
     assert info.value.code == ("TCL", "LOOKUP", "INDEX", "option", "-x")

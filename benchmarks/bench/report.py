@@ -251,6 +251,10 @@ def tables(results) -> str:
         out += ["", f"Memory, {set_name(results, set_key)} set, fresh process per "
                 "implementation"]
         out += _grid(memory_table(results, set_key))
+    if results.get("distributed"):
+        from .distributed import table as distributed_table
+        out += ["", "Sharded Adafactor (-shardState 1), transformer set, 1 thread per rank"]
+        out += _grid(distributed_table(results))
     out += ["", "Targets"]
     out += _grid(targets_table(results))
     out += ["", run_summary(results)]
@@ -547,6 +551,16 @@ def write_docs(results, docs_dir: Path) -> Path:
         lines.append("  Install it with `pip install --no-deps timm` (as `make bench` does) "
                      "for its row.")
     lines.append("")
+    if results.get("distributed"):
+        from .distributed import table as distributed_table
+        lines += ["## Sharded Adafactor on 2 ranks", "",
+                  "`torch::optimizer_adafactor -shardState 1` on the transformer set, launched "
+                  "by torchrun on 127.0.0.1 with one thread per rank (`benchmarks/"
+                  "distributed_step.tcl`): the median step time on each rank (its share of "
+                  "the update, then the broadcast of every parameter from its owner) and the "
+                  "optimizer state each rank holds.", ""]
+        lines += _md(distributed_table(results))
+        lines.append("")
     path = docs_dir / "performance.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,0 +1,43 @@
+// ZeRO stage 1 for tcltorch::Adafactor: each rank keeps the state of its
+// share of the parameters only (balanced by bytes), steps those, then every
+// parameter is broadcast from the rank that owns it. With the same (averaged)
+// gradients on every rank the parameters equal the unsharded optimizer's bit
+// for bit.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "tcltorch/adafactor.h"
+#include "tcltorch/distributed.h"
+
+namespace tcltorch::distributed {
+
+class TCLTORCH_API ShardedAdafactor : public Adafactor {
+ public:
+  ShardedAdafactor(std::shared_ptr<ProcessGroup> group, std::vector<torch::Tensor> params,
+                   AdafactorOptions defaults = {});
+
+  // Steps this rank's parameters, then broadcasts every parameter from its
+  // owner (collective).
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  // Collective: gathers every rank's state and writes the archive of the
+  // equivalent unsharded Adafactor (the same on every rank), which an
+  // unsharded optimizer, or a sharded one at any world size, loads.
+  void save(torch::serialize::OutputArchive& archive) const override;
+  // Reads such an archive (or any Adafactor archive of these parameters)
+  // and keeps this rank's share. Not collective.
+  void load(torch::serialize::InputArchive& archive) override;
+
+  // The rank that owns each parameter, in parameter order.
+  const std::vector<int>& owners() const { return owners_; }
+  ProcessGroup& group() const { return *group_; }
+  // Bytes of state tensors held on this rank.
+  std::int64_t local_state_bytes() const;
+
+ private:
+  std::shared_ptr<ProcessGroup> group_;
+  std::vector<int> owners_;
+};
+
+}  // namespace tcltorch::distributed

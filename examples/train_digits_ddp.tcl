@@ -1,0 +1,114 @@
+# The digits example (examples/train_digits.tcl) on N ranks: data parallel
+# training with a sharded Adafactor, launched by torchrun:
+#
+#   TCLLIBPATH=$(python -m tcltorch tcl-path) \
+#     torchrun --nproc-per-node 2 --no-python tclsh examples/train_digits_ddp.tcl ?epochs? ?batch?
+#
+# Every rank reads the data and makes the same 80/20 split; each global
+# batch of `batch` samples is cut into equal shares, one per rank. The
+# gradients are averaged over the ranks after each backward pass, so N ranks
+# train the network that 1 rank would, and each rank keeps the optimizer
+# state of its share of the parameters only (-shardState 1).
+package require torch
+
+set epochs [expr {$argc > 0 ? [lindex $argv 0] : 5}]
+set batch [expr {$argc > 1 ? [lindex $argv 1] : 32}]
+set here [file dirname [file normalize [info script]]]
+
+# RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT come from torchrun.
+torch::distributed_init -timeout 120
+set rank [torch::distributed_rank]
+set world [torch::distributed_world_size]
+
+proc load_digits {file} {
+    set labels {}
+    set pixels {}
+    set f [open $file r]
+    while {[gets $f line] >= 0} {
+        if {$line eq "" || [string index $line 0] eq "#"} continue
+        lappend labels [lindex $line 0]
+        foreach v [lrange $line 1 end] {
+            lappend pixels [expr {$v / 16.0}]
+        }
+    }
+    close $f
+    set n [llength $labels]
+    list [torch::tensor_create $pixels [list $n 64]] \
+         [torch::tensor_create $labels {} int64] $n
+}
+
+lassign [load_digits [file join $here data digits.txt]] X y n
+torch::manual_seed 0
+set order [torch::randperm $n]
+set ntest [expr {$n / 5}]
+set ntrain [expr {$n - $ntest}]
+set train_idx [torch::tensor_slice $order 0 0 $ntrain]
+set test_idx [torch::tensor_slice $order 0 $ntrain]
+set Xtrain [torch::index_select $X 0 $train_idx]
+set ytrain [torch::index_select $y 0 $train_idx]
+set Xtest [torch::index_select $X 0 $test_idx]
+set ytest [torch::index_select $y 0 $test_idx]
+if {$rank == 0} {
+    puts "digits: $ntrain training and $ntest test samples, batch $batch, $epochs epochs, $world ranks"
+}
+
+proc accuracy {model X y n} {
+    torch::eval $model
+    set logits [torch::forward $model $X]
+    set pred [torch::argmax $logits 1]
+    set hits [torch::sum [torch::eq $pred $y]]
+    set acc [expr {double([torch::tensor_item $hits]) / $n}]
+    torch::delete $logits $pred $hits
+    torch::train $model
+    return $acc
+}
+
+# Each rank starts from its own weights: wrapping the network broadcasts
+# rank 0's.
+torch::manual_seed [expr {1 + $rank}]
+set net [torch::sequential]
+torch::add_module $net [torch::linear 64 256]
+torch::add_module $net [torch::relu]
+torch::add_module $net [torch::linear 256 10]
+set model [torch::distributed_data_parallel $net]
+set opt [torch::optimizer_adafactor -parameters $model -shardState 1]
+
+for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
+    # The same shuffle on every rank (the generator is seeded alike).
+    torch::manual_seed [expr {1000 + $epoch}]
+    set perm [torch::randperm $ntrain]
+    set Xs [torch::index_select $Xtrain 0 $perm]
+    set ys [torch::index_select $ytrain 0 $perm]
+    set total 0.0
+    set batches 0
+    for {set i 0} {$i < $ntrain} {incr i $batch} {
+        # This rank's share of the global batch [i, i + batch).
+        set size [expr {min($batch, $ntrain - $i)}]
+        set share [expr {$size / $world}]
+        if {$share == 0} break
+        set start [expr {$i + $rank * $share}]
+        set xb [torch::tensor_slice $Xs 0 $start [expr {$start + $share}]]
+        set yb [torch::tensor_slice $ys 0 $start [expr {$start + $share}]]
+        torch::optimizer_zero_grad $opt
+        set logits [torch::forward $model $xb]
+        set loss [torch::cross_entropy_loss $logits $yb]
+        torch::tensor_backward $loss
+        torch::optimizer_step $opt
+        set total [expr {$total + [torch::tensor_item $loss]}]
+        incr batches
+        torch::delete $xb $yb $logits $loss
+    }
+    torch::delete $perm $Xs $ys
+    set acc [accuracy $model $Xtest $ytest $ntest]
+    if {$rank == 0} {
+        puts [format "epoch %d/%d  loss %.4f (rank 0)  test accuracy %.2f%%" \
+                  $epoch $epochs [expr {$total / $batches}] [expr {100 * $acc}]]
+    }
+}
+set bytes [dict get [torch::optimizer_state $opt] state_bytes]
+puts [format "rank %d: optimizer state %d bytes" $rank $bytes]
+torch::barrier
+if {$rank == 0} {
+    puts [format "final test accuracy: %.2f%%" [expr {100 * $acc}]]
+}
+torch::distributed_destroy
