@@ -13,8 +13,8 @@
 # Training: Adafactor with a fixed step size (no relative step, no parameter
 # scale), the rate set before each step by a warm-up then cosine schedule
 # computed here; gradients clipped to a norm of 1; weight decay on the weight
-# matrices only, not on biases and normalisation weights (two optimizer
-# handles, one per group). Each progress line shows the loss and the tokens
+# matrices only, not on biases and normalisation weights (a parameter group
+# of its own, through -groups). Each progress line shows the loss and the tokens
 # per second; at the end, the validation loss against the unigram baseline
 # (the loss of predicting each character by its training frequency), and a
 # sample.
@@ -208,8 +208,8 @@ proc charlm::loss {x y} {
 
 # ------------------------------------------------------------ training
 
-# Two Adafactor handles: weight decay on the matrices (and embeddings), none
-# on biases and layer-norm weights.
+# One Adafactor with two parameter groups: weight decay on the matrices (and
+# embeddings), none on biases and layer-norm weights (the group of -groups).
 proc charlm::make_optimizers {} {
     variable optimizers
     variable params
@@ -219,10 +219,9 @@ proc charlm::make_optimizers {} {
         if {[llength [torch::tensor_shape $p]] >= 2} {lappend decay $p} else {lappend plain $p}
     }
     set params [concat $decay $plain]
-    set common [list -lr [cfg lr] -relativeStep 0 -scaleParameter 0 -clipThreshold 1.0]
-    set optimizers [list \
-        [torch::optimizer_adafactor -parameters $decay {*}$common -weightDecay [cfg weightDecay]] \
-        [torch::optimizer_adafactor -parameters $plain {*}$common -weightDecay 0.0]]
+    set optimizers [list [torch::optimizer_adafactor -parameters $params \
+        -lr [cfg lr] -relativeStep 0 -scaleParameter 0 -clipThreshold 1.0 \
+        -weightDecay [cfg weightDecay] -groups [list [list -parameters $plain -weightDecay 0.0]]]]
 }
 
 # Linear warm-up to -lr over -warmup steps, then a cosine down to -minLr at
