@@ -13,26 +13,97 @@
 namespace tcltorch {
 
 const char* to_string(AdafactorVariant v) {
-  return v == AdafactorVariant::Torch ? "torch" : "transformers";
+  switch (v) {
+    case AdafactorVariant::Torch: return "torch";
+    case AdafactorVariant::Transformers: return "transformers";
+    case AdafactorVariant::BigVision: return "big_vision";
+  }
+  return "?";
 }
 
 const char* to_string(FactoredDims f) {
-  return f == FactoredDims::LastTwo ? "last_two" : "largest_two";
+  switch (f) {
+    case FactoredDims::LastTwo: return "last_two";
+    case FactoredDims::LargestTwo: return "largest_two";
+    case FactoredDims::LeadingTwo: return "leading_two";
+  }
+  return "?";
+}
+
+const char* to_string(WeightDecayMode m) {
+  switch (m) {
+    case WeightDecayMode::Lr: return "lr";
+    case WeightDecayMode::LrT: return "lr_t";
+    case WeightDecayMode::Unscaled: return "unscaled";
+    case WeightDecayMode::Corrected: return "corrected";
+    case WeightDecayMode::Coupled: return "coupled";
+  }
+  return "?";
 }
 
 AdafactorVariant parse_variant(const std::string& name) {
   if (name == "torch") return AdafactorVariant::Torch;
   if (name == "transformers") return AdafactorVariant::Transformers;
-  TORCH_CHECK_VALUE(false, "variant must be \"torch\" or \"transformers\", got \"",
+  if (name == "big_vision") return AdafactorVariant::BigVision;
+  TORCH_CHECK_VALUE(false,
+                    "variant must be \"torch\", \"transformers\" or \"big_vision\", got \"",
                     name, "\"");
 }
 
 FactoredDims parse_factored_dims(const std::string& name) {
   if (name == "last_two") return FactoredDims::LastTwo;
   if (name == "largest_two") return FactoredDims::LargestTwo;
+  if (name == "leading_two") return FactoredDims::LeadingTwo;
   TORCH_CHECK_VALUE(false,
-                    "factored_dims must be \"last_two\" or \"largest_two\", got \"",
+                    "factored_dims must be \"last_two\", \"largest_two\" or "
+                    "\"leading_two\", got \"",
                     name, "\"");
+}
+
+WeightDecayMode parse_weight_decay_mode(const std::string& name) {
+  if (name == "lr") return WeightDecayMode::Lr;
+  if (name == "lr_t") return WeightDecayMode::LrT;
+  if (name == "unscaled") return WeightDecayMode::Unscaled;
+  if (name == "corrected") return WeightDecayMode::Corrected;
+  if (name == "coupled") return WeightDecayMode::Coupled;
+  TORCH_CHECK_VALUE(false,
+                    "weight_decay_mode must be \"lr\", \"lr_t\", \"unscaled\", "
+                    "\"corrected\" or \"coupled\", got \"",
+                    name, "\"");
+}
+
+std::optional<c10::ScalarType> parse_momentum_dtype(const std::string& name) {
+  if (name == "none") return std::nullopt;
+  if (name == "bfloat16") return at::kBFloat16;
+  TORCH_CHECK_VALUE(false, "momentum_dtype must be \"bfloat16\" or \"none\", got \"",
+                    name, "\"");
+}
+
+const char* momentum_dtype_name(std::optional<c10::ScalarType> dtype) {
+  return dtype ? "bfloat16" : "none";
+}
+
+AdafactorOptions AdafactorOptions::for_variant(AdafactorVariant variant) {
+  AdafactorOptions o;
+  o.variant(variant);
+  if (variant == AdafactorVariant::BigVision) {
+    o.lr(1.0)
+        .relative_step(false)
+        .scale_parameter(false)
+        .beta1(0.9)
+        .momentum_dtype(at::kBFloat16)
+        .beta2_cap(0.999)
+        .d(std::nullopt)
+        .factored_dims(FactoredDims::LargestTwo)
+        .min_dim_size_to_factor(16);
+  }
+  return o;
+}
+
+WeightDecayMode AdafactorOptions::effective_weight_decay_mode() const {
+  if (weight_decay_mode()) return *weight_decay_mode();
+  return variant() == AdafactorVariant::Transformers ? WeightDecayMode::LrT
+                                                     : WeightDecayMode::Lr;
 }
 
 AdafactorOptions::AdafactorOptions(double lr) : lr_(lr) {}
@@ -54,8 +125,10 @@ void AdafactorOptions::validate() const {
   }
   finite("eps2", eps2());
   TORCH_CHECK_VALUE(eps2() >= 0, "eps2 must be >= 0, got ", eps2());
-  finite("d", d());
-  TORCH_CHECK_VALUE(d() > 0, "d (clip threshold) must be > 0, got ", d());
+  if (d()) {
+    finite("d", *d());
+    TORCH_CHECK_VALUE(*d() > 0, "d (clip threshold) must be > 0 or unset, got ", *d());
+  }
   finite("weight_decay", weight_decay());
   TORCH_CHECK_VALUE(weight_decay() >= 0, "weight_decay must be >= 0, got ",
                     weight_decay());
@@ -68,6 +141,17 @@ void AdafactorOptions::validate() const {
   TORCH_CHECK_VALUE(min_dim_size_to_factor() >= 0,
                     "min_dim_size_to_factor must be >= 0, got ",
                     min_dim_size_to_factor());
+  TORCH_CHECK_VALUE(beta2_cap() > 0 && beta2_cap() <= 1,
+                    "beta2_cap must be in (0, 1], got ", beta2_cap());
+  TORCH_CHECK_VALUE(decay_offset() >= 0, "decay_offset must be >= 0, got ",
+                    decay_offset());
+  if (max_lr()) {
+    finite("max_lr", *max_lr());
+    TORCH_CHECK_VALUE(*max_lr() > 0, "max_lr must be > 0 or unset, got ", *max_lr());
+  }
+  TORCH_CHECK_VALUE(!momentum_dtype() || *momentum_dtype() == at::kBFloat16,
+                    "momentum_dtype must be bfloat16 or unset, got ",
+                    *momentum_dtype());
 }
 
 namespace {
@@ -98,6 +182,17 @@ void AdafactorOptions::serialize(torch::serialize::OutputArchive& archive) const
   archive.write("fp32_state", c10::IValue(fp32_state()));
   archive.write("stochastic_rounding", c10::IValue(stochastic_rounding()));
   archive.write("skip_nan_updates", c10::IValue(skip_nan_updates()));
+  archive.write("beta2_cap", c10::IValue(beta2_cap()));
+  archive.write("decay_offset", c10::IValue(decay_offset()));
+  archive.write("caution", c10::IValue(caution()));
+  archive.write("weight_decay_mode",
+                c10::IValue(std::string(weight_decay_mode() ? to_string(*weight_decay_mode())
+                                                            : "")));
+  archive.write("max_lr", c10::IValue(max_lr()));
+  archive.write("momentum_dtype",
+                c10::IValue(std::string(momentum_dtype_name(momentum_dtype()))));
+  archive.write("momentum_stochastic_rounding",
+                c10::IValue(momentum_stochastic_rounding()));
 }
 
 void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -127,6 +222,18 @@ void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
   read_if_present(archive, "fp32_state", fp32_state_);
   read_if_present(archive, "stochastic_rounding", stochastic_rounding_);
   read_if_present(archive, "skip_nan_updates", skip_nan_updates_);
+  read_if_present(archive, "beta2_cap", beta2_cap_);
+  read_if_present(archive, "decay_offset", decay_offset_);
+  read_if_present(archive, "caution", caution_);
+  name.clear();
+  read_if_present(archive, "weight_decay_mode", name);
+  weight_decay_mode_ = std::nullopt;
+  if (!name.empty()) weight_decay_mode_ = parse_weight_decay_mode(name);
+  read_if_present(archive, "max_lr", max_lr_);
+  name.clear();
+  read_if_present(archive, "momentum_dtype", name);
+  if (!name.empty()) momentum_dtype_ = parse_momentum_dtype(name);
+  read_if_present(archive, "momentum_stochastic_rounding", momentum_stochastic_rounding_);
   validate();
 }
 
@@ -141,7 +248,11 @@ bool operator==(const AdafactorOptions& a, const AdafactorOptions& b) {
          a.min_dim_size_to_factor() == b.min_dim_size_to_factor() &&
          a.fp32_state() == b.fp32_state() &&
          a.stochastic_rounding() == b.stochastic_rounding() &&
-         a.skip_nan_updates() == b.skip_nan_updates();
+         a.skip_nan_updates() == b.skip_nan_updates() &&
+         a.beta2_cap() == b.beta2_cap() && a.decay_offset() == b.decay_offset() &&
+         a.caution() == b.caution() && a.weight_decay_mode() == b.weight_decay_mode() &&
+         a.max_lr() == b.max_lr() && a.momentum_dtype() == b.momentum_dtype() &&
+         a.momentum_stochastic_rounding() == b.momentum_stochastic_rounding();
 }
 
 double AdafactorOptions::get_lr() const { return lr(); }
@@ -184,7 +295,11 @@ Adafactor::Adafactor(
     : Optimizer(param_groups, std::make_unique<AdafactorOptions>(defaults)) {
   defaults.validate();
   for (auto& group : param_groups_) {
-    static_cast<AdafactorOptions&>(group.options()).validate();
+    auto& options = static_cast<AdafactorOptions&>(group.options());
+    options.validate();
+    // Corrected weight decay divides by the lr given here, which schedules
+    // later overwrite.
+    if (!options.max_lr() && options.lr() > 0) options.max_lr(options.lr());
   }
 }
 

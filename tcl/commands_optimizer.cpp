@@ -84,8 +84,12 @@ int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
 const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
 const NumberRule kBeta1{[](double v) { return v == -1.0 || (v >= 0 && v < 1); },
                         "-1 (no momentum) or in [0, 1)"};
-const char* const kVariants[] = {"transformers", "torch", nullptr};
-const char* const kFactoredDimsNames[] = {"last_two", "largest_two", nullptr};
+const char* const kVariants[] = {"transformers", "torch", "big_vision", nullptr};
+const char* const kFactoredDimsNames[] = {"last_two", "largest_two", "leading_two", nullptr};
+const char* const kWeightDecayModes[] = {"lr", "lr_t", "unscaled", "corrected", "coupled",
+                                         nullptr};
+const char* const kMomentumDtypes[] = {"none", "bfloat16", nullptr};
+const NumberRule kBeta2Cap{[](double v) { return v > 0 && v <= 1; }, "in (0, 1]"};
 
 // The seed page's options first, in its positional order and with its
 // defaults; the rest of the core's options are named-only.
@@ -96,8 +100,9 @@ CommandSpec adafactor_spec(const char* name) {
        .rule = kNonNegative},
       {.name = "eps2", .type = ArgType::Double, .default_value = "1e-30",
        .rule = kNonNegative},
-      {.name = "clipThreshold", .snake = "clip_threshold", .type = ArgType::Double,
-       .default_value = "1.0", .rule = kPositive},
+      // A positive number, or "none": no clipping.
+      {.name = "clipThreshold", .snake = "clip_threshold", .type = ArgType::Object,
+       .default_value = "1.0", .placeholder = "number|none"},
       {.name = "decayRate", .snake = "decay_rate", .type = ArgType::Double,
        .default_value = "-1.0"},
       {.name = "beta1", .type = ArgType::Double, .default_value = "-1.0",
@@ -129,6 +134,21 @@ CommandSpec adafactor_spec(const char* name) {
        .positional = false},
       {.name = "skipNonFinite", .snake = "skip_non_finite", .type = ArgType::Bool,
        .default_value = "0", .placeholder = "bool", .positional = false},
+      {.name = "beta2Cap", .snake = "beta2_cap", .type = ArgType::Double,
+       .default_value = "1.0", .rule = kBeta2Cap, .positional = false},
+      {.name = "decayOffset", .snake = "decay_offset", .type = ArgType::Int,
+       .default_value = "0", .placeholder = "int", .rule = kNonNegative, .positional = false},
+      {.name = "caution", .type = ArgType::Bool, .default_value = "0",
+       .placeholder = "bool", .positional = false},
+      // Absent: the variant's own (lr, or lr_t for transformers).
+      {.name = "weightDecayMode", .snake = "weight_decay_mode", .type = ArgType::String,
+       .placeholder = "mode", .choices = kWeightDecayModes, .positional = false},
+      {.name = "momentumDtype", .snake = "momentum_dtype", .type = ArgType::String,
+       .default_value = "none", .placeholder = "dtype", .choices = kMomentumDtypes,
+       .positional = false},
+      {.name = "momentumStochasticRounding", .snake = "momentum_stochastic_rounding",
+       .type = ArgType::Bool, .default_value = "0", .placeholder = "bool",
+       .positional = false},
   }};
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
@@ -153,25 +173,55 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
   if (collect_parameters(registry, interp, args.obj("parameters"), params) != TCL_OK) {
     return TCL_ERROR;
   }
-  AdafactorOptions options(args.number("lr"));
+  std::optional<double> clip;
+  if (std::string(Tcl_GetString(args.obj("clipThreshold"))) != "none") {
+    double value = 0;
+    const char* wrong = nullptr;
+    if (Tcl_GetDoubleFromObj(nullptr, args.obj("clipThreshold"), &value) != TCL_OK) {
+      wrong = "must be a floating-point number or none";
+    } else if (!std::isfinite(value)) {
+      wrong = "must be a finite number or none";
+    } else if (value <= 0) {
+      wrong = "must be > 0 or none";
+    }
+    if (wrong) return bad_value(interp, "clipThreshold", args.obj("clipThreshold"), wrong);
+    clip = value;
+  }
+  const auto variant = parse_variant(args.str("variant"));
+  // Options not given take the variant's defaults where it has its own
+  // (big_vision); the others the command's.
+  const bool own = variant == AdafactorVariant::BigVision;
+  auto pick = [&](const char* name) { return !own || args.given(name); };
+  AdafactorOptions options = AdafactorOptions::for_variant(variant);
+  if (pick("lr")) options.lr(args.number("lr"));
   // -eps2 defaults to the paper's 1e-30; with -variant torch and no -eps2,
   // torch's own default (finfo(dtype).eps of each parameter) applies.
   if (args.given("eps2") || args.str("variant") != "torch") options.eps1(args.number("eps2"));
   options.eps2(args.number("epsScale"))
-      .d(args.number("clipThreshold"))
       .beta2_decay(beta2_decay_of(args.number("decayRate")))
       .weight_decay(args.number("weightDecay"))
-      .relative_step(args.flag("relativeStep"))
-      .scale_parameter(args.flag("scaleParameter"))
       .warmup_init(args.flag("warmupInit"))
       .maximize(args.flag("maximize"))
-      .variant(parse_variant(args.str("variant")))
-      .factored_dims(parse_factored_dims(args.str("factoredDims")))
-      .min_dim_size_to_factor(args.integer("minDimSizeToFactor"))
       .fp32_state(args.flag("fp32State"))
       .stochastic_rounding(args.flag("stochasticRounding"))
-      .skip_nan_updates(args.flag("skipNonFinite"));
-  if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
+      .skip_nan_updates(args.flag("skipNonFinite"))
+      .decay_offset(args.integer("decayOffset"))
+      .caution(args.flag("caution"))
+      .momentum_stochastic_rounding(args.flag("momentumStochasticRounding"));
+  if (pick("clipThreshold")) options.d(clip);
+  if (pick("relativeStep")) options.relative_step(args.flag("relativeStep"));
+  if (pick("scaleParameter")) options.scale_parameter(args.flag("scaleParameter"));
+  if (pick("factoredDims")) options.factored_dims(parse_factored_dims(args.str("factoredDims")));
+  if (pick("minDimSizeToFactor")) options.min_dim_size_to_factor(args.integer("minDimSizeToFactor"));
+  if (pick("beta2Cap")) options.beta2_cap(args.number("beta2Cap"));
+  if (pick("momentumDtype")) options.momentum_dtype(parse_momentum_dtype(args.str("momentumDtype")));
+  if (args.given("weightDecayMode")) {
+    options.weight_decay_mode(parse_weight_decay_mode(args.str("weightDecayMode")));
+  }
+  if (pick("beta1")) {
+    options.beta1(std::nullopt);
+    if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
+  }
   return optimizer_result(registry, interp, "adafactor", [params, options] {
     return std::make_unique<Adafactor>(params, options);
   });

@@ -44,9 +44,22 @@ std::string as_string(const char* name, const py::handle& v) {
   return v.cast<std::string>();
 }
 
+std::int64_t as_int(const char* name, const py::handle& v) {
+  if (!PyLong_Check(v.ptr()) || PyBool_Check(v.ptr())) {
+    throw py::type_error(std::string(name) + " must be an int");
+  }
+  return v.cast<std::int64_t>();
+}
+
 // Keyword arguments use the core's own option names.
+// Options not given take the defaults of the variant given (big_vision has
+// its own).
 AdafactorOptions options_from(const py::kwargs& kwargs) {
   AdafactorOptions o;
+  if (kwargs.contains("variant")) {
+    o = AdafactorOptions::for_variant(
+        tcltorch::parse_variant(as_string("variant", kwargs["variant"])));
+  }
   for (const auto& [key, value] : kwargs) {
     const auto name = key.cast<std::string>();
     const char* n = name.c_str();
@@ -54,7 +67,7 @@ AdafactorOptions options_from(const py::kwargs& kwargs) {
     else if (name == "beta2_decay") o.beta2_decay(as_double(n, value));
     else if (name == "eps1") o.eps1(as_optional_double(n, value));
     else if (name == "eps2") o.eps2(as_double(n, value));
-    else if (name == "d") o.d(as_double(n, value));
+    else if (name == "d") o.d(as_optional_double(n, value));
     else if (name == "weight_decay") o.weight_decay(as_double(n, value));
     else if (name == "maximize") o.maximize(as_bool(n, value));
     else if (name == "beta1") o.beta1(as_optional_double(n, value));
@@ -64,14 +77,22 @@ AdafactorOptions options_from(const py::kwargs& kwargs) {
     else if (name == "variant") o.variant(tcltorch::parse_variant(as_string(n, value)));
     else if (name == "factored_dims")
       o.factored_dims(tcltorch::parse_factored_dims(as_string(n, value)));
-    else if (name == "min_dim_size_to_factor") {
-      if (!PyLong_Check(value.ptr()) || PyBool_Check(value.ptr())) {
-        throw py::type_error("min_dim_size_to_factor must be an int");
-      }
-      o.min_dim_size_to_factor(value.cast<std::int64_t>());
-    } else if (name == "fp32_state") o.fp32_state(as_bool(n, value));
+    else if (name == "min_dim_size_to_factor") o.min_dim_size_to_factor(as_int(n, value));
+    else if (name == "fp32_state") o.fp32_state(as_bool(n, value));
     else if (name == "stochastic_rounding") o.stochastic_rounding(as_bool(n, value));
     else if (name == "skip_nan_updates") o.skip_nan_updates(as_bool(n, value));
+    else if (name == "beta2_cap") o.beta2_cap(as_double(n, value));
+    else if (name == "decay_offset") o.decay_offset(as_int(n, value));
+    else if (name == "caution") o.caution(as_bool(n, value));
+    else if (name == "weight_decay_mode") {
+      if (value.is_none()) o.weight_decay_mode(std::nullopt);
+      else o.weight_decay_mode(tcltorch::parse_weight_decay_mode(as_string(n, value)));
+    } else if (name == "max_lr") o.max_lr(as_optional_double(n, value));
+    else if (name == "momentum_dtype")
+      o.momentum_dtype(tcltorch::parse_momentum_dtype(
+          value.is_none() ? std::string("none") : as_string(n, value)));
+    else if (name == "momentum_stochastic_rounding")
+      o.momentum_stochastic_rounding(as_bool(n, value));
     else throw py::type_error("unexpected keyword argument '" + name + "'");
   }
   o.validate();
@@ -84,7 +105,7 @@ py::dict options_dict(const AdafactorOptions& o) {
   d["beta2_decay"] = o.beta2_decay();
   d["eps1"] = o.eps1() ? py::cast(*o.eps1()) : py::none();
   d["eps2"] = o.eps2();
-  d["d"] = o.d();
+  d["d"] = o.d() ? py::cast(*o.d()) : py::none();
   d["weight_decay"] = o.weight_decay();
   d["maximize"] = o.maximize();
   d["beta1"] = o.beta1() ? py::cast(*o.beta1()) : py::none();
@@ -97,6 +118,15 @@ py::dict options_dict(const AdafactorOptions& o) {
   d["fp32_state"] = o.fp32_state();
   d["stochastic_rounding"] = o.stochastic_rounding();
   d["skip_nan_updates"] = o.skip_nan_updates();
+  d["beta2_cap"] = o.beta2_cap();
+  d["decay_offset"] = o.decay_offset();
+  d["caution"] = o.caution();
+  d["weight_decay_mode"] = o.weight_decay_mode()
+                               ? py::cast(std::string(tcltorch::to_string(*o.weight_decay_mode())))
+                               : py::none();
+  d["max_lr"] = o.max_lr() ? py::cast(*o.max_lr()) : py::none();
+  d["momentum_dtype"] = o.momentum_dtype() ? py::cast(std::string("bfloat16")) : py::none();
+  d["momentum_stochastic_rounding"] = o.momentum_stochastic_rounding();
   return d;
 }
 
@@ -254,6 +284,12 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("path"));
 
+  m.def(
+      "variant_defaults",
+      [](const std::string& variant) {
+        return options_dict(AdafactorOptions::for_variant(tcltorch::parse_variant(variant)));
+      },
+      py::arg("variant"), "The core's options as a variant starts from them.");
   m.def("validate_options", [](const py::kwargs& kwargs) { options_from(kwargs); },
         "Raises ValueError/TypeError unless the keyword arguments are valid core options.");
   m.def("adafactor_init_state",

@@ -24,7 +24,33 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "fp32_state": False,
     "stochastic_rounding": False,
     "skip_nan_updates": False,
+    "beta2_cap": 1.0,
+    "decay_offset": 0,
+    "caution": False,
+    "weight_decay_mode": None,
+    "max_lr": None,
+    "momentum_dtype": None,
+    "momentum_stochastic_rounding": False,
 }
+
+
+class _VariantDefault:
+    """The default of an argument whose default depends on the variant
+    (big_vision's differ; see docs/python.md)."""
+
+    def __repr__(self) -> str:
+        return "<the variant's default>"
+
+
+_BY_VARIANT = _VariantDefault()
+
+
+def _momentum_dtype_name(value) -> str | None:
+    if value is None:
+        return None
+    if value == torch.bfloat16 or value == "bfloat16":
+        return "bfloat16"
+    raise ValueError(f"momentum_dtype must be torch.bfloat16 or None, got {value!r}")
 
 
 def _number(name: str, value) -> float:
@@ -44,7 +70,7 @@ def _core_options(group: dict) -> dict:
         "beta2_decay": _number("beta2_decay", group["beta2_decay"]),
         "eps1": None if eps1 is None else _number("eps1", eps1),
         "eps2": _number("eps2", eps2),
-        "d": _number("d", group["d"]),
+        "d": None if group["d"] is None else _number("d", group["d"]),
         "weight_decay": _number("weight_decay", group["weight_decay"]),
         "maximize": bool(group["maximize"]),
         "beta1": None if group["beta1"] is None else _number("beta1", group["beta1"]),
@@ -57,6 +83,13 @@ def _core_options(group: dict) -> dict:
         "fp32_state": bool(group["fp32_state"]),
         "stochastic_rounding": bool(group["stochastic_rounding"]),
         "skip_nan_updates": bool(group["skip_nan_updates"]),
+        "beta2_cap": _number("beta2_cap", group["beta2_cap"]),
+        "decay_offset": group["decay_offset"],
+        "caution": bool(group["caution"]),
+        "weight_decay_mode": group["weight_decay_mode"],
+        "max_lr": None if group["max_lr"] is None else _number("max_lr", group["max_lr"]),
+        "momentum_dtype": _momentum_dtype_name(group["momentum_dtype"]),
+        "momentum_stochastic_rounding": bool(group["momentum_stochastic_rounding"]),
     }
 
 
@@ -159,32 +192,51 @@ class Adafactor(Optimizer):
     Every further option of the core is a keyword argument (``beta1``,
     ``relative_step``, ``scale_parameter``, ``warmup_init``, ``variant``,
     ``factored_dims``, ``min_dim_size_to_factor``, ``fp32_state``,
-    ``stochastic_rounding``); see docs/python.md. ``foreach`` is accepted for
-    compatibility and ignored: every step is fused.
+    ``stochastic_rounding``, ``beta2_cap``, ``decay_offset``, ``caution``,
+    ``weight_decay_mode``, ``momentum_dtype``, ...); see docs/python.md.
+    Arguments left at the variant's default take torch's defaults, or with
+    ``variant="big_vision"`` big_vision's (docs/algorithm.md lists them).
+    ``foreach`` is accepted for compatibility and ignored: every step is fused.
     """
 
     def __init__(
         self,
         params,
-        lr: float | Tensor = 1e-2,
+        lr: float | Tensor = _BY_VARIANT,
         beta2_decay: float = -0.8,
         eps: tuple[float | None, float] = (None, 1e-3),
-        d: float = 1.0,
+        d: float | None = _BY_VARIANT,
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
         maximize: bool = False,
-        beta1: float | None = None,
-        relative_step: bool = True,
-        scale_parameter: bool = True,
+        beta1: float | None = _BY_VARIANT,
+        relative_step: bool = _BY_VARIANT,
+        scale_parameter: bool = _BY_VARIANT,
         warmup_init: bool = False,
         variant: str = "torch",
-        factored_dims: str = "last_two",
-        min_dim_size_to_factor: int = 0,
+        factored_dims: str = _BY_VARIANT,
+        min_dim_size_to_factor: int = _BY_VARIANT,
         fp32_state: bool = False,
         stochastic_rounding: bool = False,
         skip_nan_updates: bool = False,
+        beta2_cap: float = _BY_VARIANT,
+        decay_offset: int = 0,
+        caution: bool = False,
+        weight_decay_mode: str | None = None,
+        momentum_dtype: torch.dtype | None = _BY_VARIANT,
+        momentum_stochastic_rounding: bool = False,
     ) -> None:
+        given = dict(lr=lr, d=d, beta1=beta1, relative_step=relative_step,
+                     scale_parameter=scale_parameter, factored_dims=factored_dims,
+                     min_dim_size_to_factor=min_dim_size_to_factor, beta2_cap=beta2_cap,
+                     momentum_dtype=momentum_dtype)
+        if any(v is _BY_VARIANT for v in given.values()):
+            base = _C.variant_defaults(variant if isinstance(variant, str) else "")
+            if base["momentum_dtype"] == "bfloat16":
+                base["momentum_dtype"] = torch.bfloat16
+            given = {k: base[k] if v is _BY_VARIANT else v for k, v in given.items()}
+        lr, d, beta1 = given["lr"], given["d"], given["beta1"]
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         defaults = {
@@ -196,15 +248,22 @@ class Adafactor(Optimizer):
             "foreach": foreach,
             "maximize": maximize,
             "beta1": beta1,
-            "relative_step": relative_step,
-            "scale_parameter": scale_parameter,
+            "relative_step": given["relative_step"],
+            "scale_parameter": given["scale_parameter"],
             "warmup_init": warmup_init,
             "variant": variant,
-            "factored_dims": factored_dims,
-            "min_dim_size_to_factor": min_dim_size_to_factor,
+            "factored_dims": given["factored_dims"],
+            "min_dim_size_to_factor": given["min_dim_size_to_factor"],
             "fp32_state": fp32_state,
             "stochastic_rounding": stochastic_rounding,
             "skip_nan_updates": skip_nan_updates,
+            "beta2_cap": given["beta2_cap"],
+            "decay_offset": decay_offset,
+            "caution": caution,
+            "weight_decay_mode": weight_decay_mode,
+            "max_lr": None,
+            "momentum_dtype": given["momentum_dtype"],
+            "momentum_stochastic_rounding": momentum_stochastic_rounding,
         }
         # Parameter updates skipped by skip_nan_updates (not in state_dict).
         self.skipped_updates = 0
@@ -215,6 +274,11 @@ class Adafactor(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group["eps"] = tuple(group["eps"])
+        if (group["max_lr"] is None and group["weight_decay_mode"] == "corrected"
+                and _number("lr", group["lr"]) > 0):
+            # Corrected weight decay divides by the lr given here, which
+            # schedules overwrite later.
+            group["max_lr"] = _number("lr", group["lr"])
         _C.validate_options(**_core_options(group))
         for p in group["params"]:
             _check_parameter(p)
@@ -232,6 +296,11 @@ class Adafactor(Optimizer):
                 p_state = self.state.get(p, {})
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+                # load_state_dict casts state to the parameter's dtype; the
+                # momentum keeps its own.
+                if (_momentum_dtype_name(group["momentum_dtype"]) and "exp_avg" in p_state
+                        and p_state["exp_avg"].dtype != torch.bfloat16):
+                    p_state["exp_avg"] = p_state["exp_avg"].to(torch.bfloat16)
 
     @torch.no_grad()
     def step(self, closure=None):

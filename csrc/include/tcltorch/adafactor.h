@@ -23,19 +23,39 @@ enum class AdafactorVariant : std::int8_t {
   Torch,         // torch.optim.Adafactor: eps1 clamps V, decay scaled by lr
   Transformers,  // the paper / transformers / fairseq: eps1 added to G^2,
                  // decay scaled by the per-step lr_t
+  BigVision,     // big_vision / timm's AdafactorBigVision: eps1 added to G^2,
+                 // momentum averages the unscaled clipped update and the
+                 // step size multiplies afterwards
 };
 
 // Which two dimensions of a >= 2-D parameter carry the row/column factors.
 enum class FactoredDims : std::int8_t {
   LastTwo,     // torch, transformers: dims -2 and -1
   LargestTwo,  // optax, t5x: the two largest dims (ties: the later ones)
+  LeadingTwo,  // timm: dims 0 and 1 of a > 2-D weight when both pass the
+               // size rule, else the last two
+};
+
+// How weight decay scales with the step size; p *= 1 - c with c below
+// (coupled: c*p joins the gradient instead).
+enum class WeightDecayMode : std::int8_t {
+  Lr,         // c = lr * wd (torch)
+  LrT,        // c = lr_t * wd, the step's own size (transformers)
+  Unscaled,   // c = wd (optax, big_vision, pytorch_optimizer fixed_decay)
+  Corrected,  // c = wd * lr^2 / max_lr (timm corrected_weight_decay)
+  Coupled,    // G += wd * p before everything (L2)
 };
 
 TCLTORCH_API const char* to_string(AdafactorVariant v);
 TCLTORCH_API const char* to_string(FactoredDims f);
+TCLTORCH_API const char* to_string(WeightDecayMode m);
 // Parse the names printed by to_string; throw c10::ValueError otherwise.
 TCLTORCH_API AdafactorVariant parse_variant(const std::string& name);
 TCLTORCH_API FactoredDims parse_factored_dims(const std::string& name);
+TCLTORCH_API WeightDecayMode parse_weight_decay_mode(const std::string& name);
+// "bfloat16" or "none" (the parameter's own dtype, or its state dtype).
+TCLTORCH_API std::optional<c10::ScalarType> parse_momentum_dtype(const std::string& name);
+TCLTORCH_API const char* momentum_dtype_name(std::optional<c10::ScalarType> dtype);
 
 struct TCLTORCH_API AdafactorOptions
     : public torch::optim::OptimizerCloneableOptions<AdafactorOptions> {
@@ -50,8 +70,8 @@ struct TCLTORCH_API AdafactorOptions
   TORCH_ARG(std::optional<double>, eps1) = std::nullopt;
   // Floor of RMS(param) in the parameter scale.
   TORCH_ARG(double, eps2) = 1e-3;
-  // Clip threshold on RMS(update).
-  TORCH_ARG(double, d) = 1.0;
+  // Clip threshold on RMS(update); unset: no clipping.
+  TORCH_ARG(std::optional<double>, d) = 1.0;
   TORCH_ARG(double, weight_decay) = 0.0;
   TORCH_ARG(bool, maximize) = false;
   // Momentum on the scaled, clipped update; unset = none (no exp_avg state).
@@ -74,8 +94,31 @@ struct TCLTORCH_API AdafactorOptions
   // state (step count included) untouched; the optimizer counts the skip.
   // Off: non-finite values flow into the update, as in torch.optim.Adafactor.
   TORCH_ARG(bool, skip_nan_updates) = false;
+  // beta2_t = min(1 - t^beta2_decay, beta2_cap); 1: no cap.
+  TORCH_ARG(double, beta2_cap) = 1.0;
+  // The second-moment schedule counts steps from here on: t becomes
+  // max(t - decay_offset, 1) in beta2_t (fine-tuning restarts).
+  TORCH_ARG(std::int64_t, decay_offset) = 0;
+  // With beta1: the cautious-optimizer mask (update zeroed where its sign
+  // disagrees with the gradient, rescaled by the kept fraction).
+  TORCH_ARG(bool, caution) = false;
+  // Unset: lr for the torch and big_vision variants, lr_t for transformers.
+  TORCH_ARG(std::optional<WeightDecayMode>, weight_decay_mode) = std::nullopt;
+  // The lr of the corrected weight decay; unset: the lr at construction
+  // (Adafactor remembers it; adafactor_step alone uses the current lr).
+  TORCH_ARG(std::optional<double>, max_lr) = std::nullopt;
+  // exp_avg's dtype; unset: the state dtype. bfloat16: stored rounded to
+  // nearest, as torch ops round (stochastically with momentum_stochastic_rounding).
+  TORCH_ARG(std::optional<c10::ScalarType>, momentum_dtype) = std::nullopt;
+  TORCH_ARG(bool, momentum_stochastic_rounding) = false;
 
  public:
+  // The options a variant starts from: torch's and transformers' are the
+  // struct's defaults; big_vision's are lr 1, no relative step or parameter
+  // scale, beta1 0.9 in bfloat16, beta2_cap 0.999, no clipping, the two
+  // largest dims factored from size 16 (timm's AdafactorBigVision).
+  static AdafactorOptions for_variant(AdafactorVariant variant);
+  WeightDecayMode effective_weight_decay_mode() const;
   // Throws c10::ValueError naming the first invalid option, its value and
   // the allowed range.
   void validate() const;
