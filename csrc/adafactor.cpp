@@ -7,192 +7,252 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <sstream>
+#include <type_traits>
+#include <vector>
 
 namespace tcltorch {
 
-const char* to_string(AdafactorVariant v) {
-  switch (v) {
-    case AdafactorVariant::Torch: return "torch";
-    case AdafactorVariant::Transformers: return "transformers";
-    case AdafactorVariant::BigVision: return "big_vision";
-  }
-  return "?";
+namespace {
+
+template <typename Enum>
+const char* enum_name(const char* const* names, Enum value) {
+  return names[static_cast<std::size_t>(value)];
 }
 
-const char* to_string(FactoredDims f) {
-  switch (f) {
-    case FactoredDims::LastTwo: return "last_two";
-    case FactoredDims::LargestTwo: return "largest_two";
-    case FactoredDims::LeadingTwo: return "leading_two";
+// The index of `name` in a nullptr-terminated list; throws c10::ValueError
+// naming the option and the choices otherwise.
+std::size_t choice_index(const char* option, const char* const* names,
+                         const std::string& name) {
+  std::ostringstream allowed;
+  std::size_t n = 0;
+  for (; names[n]; ++n) {
+    if (name == names[n]) return n;
   }
-  return "?";
+  for (std::size_t i = 0; i < n; ++i) {
+    allowed << (i == 0 ? "" : (i + 1 == n ? " or " : ", ")) << '"' << names[i] << '"';
+  }
+  TORCH_CHECK_VALUE(false, option, " must be ", allowed.str(), ", got \"", name, "\"");
 }
 
-const char* to_string(WeightDecayMode m) {
-  switch (m) {
-    case WeightDecayMode::Lr: return "lr";
-    case WeightDecayMode::LrT: return "lr_t";
-    case WeightDecayMode::Unscaled: return "unscaled";
-    case WeightDecayMode::Corrected: return "corrected";
-    case WeightDecayMode::Coupled: return "coupled";
-  }
-  return "?";
+// The text Python's repr gives a float ("0.0", "0.0001", "1e-05", "1e+16"),
+// for torch's messages: the shortest digits that read back as `v`, in fixed
+// notation for decimal exponents -4 .. 15, else in scientific notation.
+std::string python_repr(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[400];
+  auto sci = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
+  std::string text(buf, sci.ptr);
+  const int exponent = std::stoi(text.substr(text.find('e') + 1));
+  if (exponent < -4 || exponent >= 16) return text;
+  auto fixed = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed);
+  text.assign(buf, fixed.ptr);
+  if (text.find('.') == std::string::npos) text += ".0";
+  return text;
 }
+
+const char* type_name(OptionType type) {
+  switch (type) {
+    case OptionType::Double: return "a number";
+    case OptionType::OptionalDouble: return "a number or unset";
+    case OptionType::Bool: return "a boolean";
+    case OptionType::Int: return "an integer";
+    case OptionType::Enum: return "a name";
+  }
+  return "";
+}
+
+[[noreturn]] void wrong_type(const AdafactorOptionInfo& info) {
+  TORCH_CHECK_VALUE(false, info.name, " must be ", type_name(info.type));
+}
+
+template <typename T>
+const T& value_as(const AdafactorOptionInfo& info, const OptionValue& value) {
+  if (const T* v = std::get_if<T>(&value)) return *v;
+  wrong_type(info);
+}
+
+// Field access by descriptor, generated from the table: one case per row.
+template <typename T>
+void assign(const AdafactorOptionInfo& info, const OptionValue& value, T& field) {
+  if constexpr (std::is_same_v<T, std::optional<double>>) {
+    if (std::holds_alternative<std::monostate>(value)) {
+      field = std::nullopt;
+    } else {
+      field = value_as<double>(info, value);
+    }
+  } else if constexpr (std::is_enum_v<T>) {
+    field = static_cast<T>(choice_index(info.name, info.choices,
+                                        value_as<std::string>(info, value)));
+  } else {
+    field = value_as<T>(info, value);
+  }
+}
+
+template <typename T>
+OptionValue value_of(const AdafactorOptionInfo& info, const T& field) {
+  if constexpr (std::is_same_v<T, std::optional<double>>) {
+    return field ? OptionValue(*field) : OptionValue();
+  } else if constexpr (std::is_enum_v<T>) {
+    return std::string(enum_name(info.choices, field));
+  } else {
+    return field;
+  }
+}
+
+}  // namespace
+
+const char* to_string(AdafactorVariant v) { return enum_name(kAdafactorVariantNames, v); }
+const char* to_string(FactoredDims f) { return enum_name(kFactoredDimsNames, f); }
 
 AdafactorVariant parse_variant(const std::string& name) {
-  if (name == "torch") return AdafactorVariant::Torch;
-  if (name == "transformers") return AdafactorVariant::Transformers;
-  if (name == "big_vision") return AdafactorVariant::BigVision;
-  TORCH_CHECK_VALUE(false,
-                    "variant must be \"torch\", \"transformers\" or \"big_vision\", got \"",
-                    name, "\"");
+  return static_cast<AdafactorVariant>(choice_index("variant", kAdafactorVariantNames, name));
 }
 
 FactoredDims parse_factored_dims(const std::string& name) {
-  if (name == "last_two") return FactoredDims::LastTwo;
-  if (name == "largest_two") return FactoredDims::LargestTwo;
-  if (name == "leading_two") return FactoredDims::LeadingTwo;
-  TORCH_CHECK_VALUE(false,
-                    "factored_dims must be \"last_two\", \"largest_two\" or "
-                    "\"leading_two\", got \"",
-                    name, "\"");
+  return static_cast<FactoredDims>(choice_index("factored_dims", kFactoredDimsNames, name));
 }
 
-WeightDecayMode parse_weight_decay_mode(const std::string& name) {
-  if (name == "lr") return WeightDecayMode::Lr;
-  if (name == "lr_t") return WeightDecayMode::LrT;
-  if (name == "unscaled") return WeightDecayMode::Unscaled;
-  if (name == "corrected") return WeightDecayMode::Corrected;
-  if (name == "coupled") return WeightDecayMode::Coupled;
-  TORCH_CHECK_VALUE(false,
-                    "weight_decay_mode must be \"lr\", \"lr_t\", \"unscaled\", "
-                    "\"corrected\" or \"coupled\", got \"",
-                    name, "\"");
-}
-
-std::optional<c10::ScalarType> parse_momentum_dtype(const std::string& name) {
-  if (name == "none") return std::nullopt;
-  if (name == "bfloat16") return at::kBFloat16;
-  TORCH_CHECK_VALUE(false, "momentum_dtype must be \"bfloat16\" or \"none\", got \"",
-                    name, "\"");
-}
-
-const char* momentum_dtype_name(std::optional<c10::ScalarType> dtype) {
-  return dtype ? "bfloat16" : "none";
-}
-
-AdafactorOptions AdafactorOptions::for_variant(AdafactorVariant variant) {
-  AdafactorOptions o;
-  o.variant(variant);
-  if (variant == AdafactorVariant::BigVision) {
-    o.lr(1.0)
-        .relative_step(false)
-        .scale_parameter(false)
-        .beta1(0.9)
-        .momentum_dtype(at::kBFloat16)
-        .beta2_cap(0.999)
-        .d(std::nullopt)
-        .factored_dims(FactoredDims::LargestTwo)
-        .min_dim_size_to_factor(16);
+OptionValue adafactor_option_default(const AdafactorOptionInfo& info,
+                                     AdafactorVariant variant) {
+  const std::string text = default_text(info, variant);
+  switch (info.type) {
+    case OptionType::OptionalDouble:
+      if (text == "none") return {};
+      [[fallthrough]];
+    case OptionType::Double:
+      return std::stod(text);
+    case OptionType::Bool:
+      TORCH_CHECK_VALUE(text == "true" || text == "false", "bad default of ", info.name);
+      return text == "true";
+    case OptionType::Int:
+      return static_cast<std::int64_t>(std::stoll(text));
+    case OptionType::Enum:
+      choice_index(info.name, info.choices, text);
+      return text;
   }
-  return o;
+  return {};
 }
 
-WeightDecayMode AdafactorOptions::effective_weight_decay_mode() const {
-  if (weight_decay_mode()) return *weight_decay_mode();
-  return variant() == AdafactorVariant::Transformers ? WeightDecayMode::LrT
-                                                     : WeightDecayMode::Lr;
+void set_adafactor_option(AdafactorOptions& options, const AdafactorOptionInfo& info,
+                          const OptionValue& value) {
+#define TCLTORCH_SET_FIELD(ctype, field, ...) \
+  if (std::string_view(info.name) == #field) return assign(info, value, options.field());
+  TCLTORCH_ADAFACTOR_OPTIONS(TCLTORCH_SET_FIELD)
+#undef TCLTORCH_SET_FIELD
+  TORCH_CHECK_VALUE(false, "no Adafactor option ", info.name);
 }
 
-AdafactorOptions::AdafactorOptions(double lr) : lr_(lr) {}
+OptionValue get_adafactor_option(const AdafactorOptions& options,
+                                 const AdafactorOptionInfo& info) {
+#define TCLTORCH_GET_FIELD(ctype, field, ...) \
+  if (std::string_view(info.name) == #field) return value_of(info, options.field());
+  TCLTORCH_ADAFACTOR_OPTIONS(TCLTORCH_GET_FIELD)
+#undef TCLTORCH_GET_FIELD
+  TORCH_CHECK_VALUE(false, "no Adafactor option ", info.name);
+}
+
+std::string option_value_text(const OptionValue& value) {
+  struct {
+    std::string operator()(std::monostate) const { return "none"; }
+    std::string operator()(double v) const {
+      char buf[64];
+      auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+      return std::string(buf, end);
+    }
+    std::string operator()(bool v) const { return v ? "true" : "false"; }
+    std::string operator()(std::int64_t v) const { return std::to_string(v); }
+    std::string operator()(const std::string& v) const { return v; }
+  } visit;
+  return std::visit(visit, value);
+}
+
+AdafactorOptions::AdafactorOptions(double lr) {
+  for (const auto& info : kAdafactorOptionTable) {
+    set_adafactor_option(*this, info,
+                         adafactor_option_default(info, AdafactorVariant::Torch));
+  }
+  lr_ = lr;
+}
+
+AdafactorOptions AdafactorOptions::defaults_for(AdafactorVariant variant) {
+  AdafactorOptions options;
+  for (const auto& info : kAdafactorOptionTable) {
+    set_adafactor_option(options, info, adafactor_option_default(info, variant));
+  }
+  return options;
+}
 
 void AdafactorOptions::validate() const {
   // Messages name the option, the value and the allowed range; front doors
   // pass them on unchanged (Python: ValueError, Tcl: TORCH VALUE).
-  auto finite = [](const char* name, double v) {
-    TORCH_CHECK_VALUE(std::isfinite(v), name, " must be a finite number, got ", v);
-  };
-  finite("lr", lr());
-  TORCH_CHECK_VALUE(lr() >= 0, "lr must be >= 0, got ", lr());
-  finite("beta2_decay", beta2_decay());
-  TORCH_CHECK_VALUE(beta2_decay() <= 0, "beta2_decay must be <= 0, got ",
-                    beta2_decay());
-  if (eps1()) {
-    finite("eps1", *eps1());
-    TORCH_CHECK_VALUE(*eps1() >= 0, "eps1 must be >= 0 or unset, got ", *eps1());
+  for (const auto& info : kAdafactorOptionTable) {
+    const OptionValue value = get_adafactor_option(*this, info);
+    double v = 0;
+    if (const double* d = std::get_if<double>(&value)) {
+      v = *d;
+      TORCH_CHECK_VALUE(std::isfinite(v), info.name, " must be a finite number, got ", v);
+    } else if (const std::int64_t* i = std::get_if<std::int64_t>(&value)) {
+      v = static_cast<double>(*i);
+    } else {
+      continue;  // unset, a flag or a name (checked when set)
+    }
+    TORCH_CHECK_VALUE(rule_accepts(info.rule, v), info.name, " must be ",
+                      rule_text(info.rule),
+                      info.type == OptionType::OptionalDouble ? " or unset" : "", ", got ",
+                      option_value_text(value));
   }
-  finite("eps2", eps2());
-  TORCH_CHECK_VALUE(eps2() >= 0, "eps2 must be >= 0, got ", eps2());
-  if (d()) {
-    finite("d", *d());
-    TORCH_CHECK_VALUE(*d() > 0, "d (clip threshold) must be > 0 or unset, got ", *d());
-  }
-  finite("weight_decay", weight_decay());
-  TORCH_CHECK_VALUE(weight_decay() >= 0, "weight_decay must be >= 0, got ",
-                    weight_decay());
-  if (beta1()) {
-    TORCH_CHECK_VALUE(*beta1() >= 0 && *beta1() < 1,
-                      "beta1 must be in [0, 1) or unset, got ", *beta1());
-  }
+  // Rules between options.
   TORCH_CHECK_VALUE(!warmup_init() || relative_step(),
                     "warmup_init requires relative_step");
-  TORCH_CHECK_VALUE(min_dim_size_to_factor() >= 0,
-                    "min_dim_size_to_factor must be >= 0, got ",
-                    min_dim_size_to_factor());
-  TORCH_CHECK_VALUE(beta2_cap() > 0 && beta2_cap() <= 1,
-                    "beta2_cap must be in (0, 1], got ", beta2_cap());
-  TORCH_CHECK_VALUE(decay_offset() >= 0, "decay_offset must be >= 0, got ",
-                    decay_offset());
-  if (max_lr()) {
-    finite("max_lr", *max_lr());
-    TORCH_CHECK_VALUE(*max_lr() > 0, "max_lr must be > 0 or unset, got ", *max_lr());
-  }
-  TORCH_CHECK_VALUE(!momentum_dtype() || *momentum_dtype() == at::kBFloat16,
-                    "momentum_dtype must be bfloat16 or unset, got ",
-                    *momentum_dtype());
 }
 
-namespace {
-template <typename T>
-void read_if_present(torch::serialize::InputArchive& archive, const char* key,
-                     T& out) {
-  c10::IValue value;
-  if (archive.try_read(key, value)) out = value.to<T>();
+void AdafactorOptions::validate_as_torch() const {
+  std::vector<const AdafactorOptionInfo*> checked;
+  for (const auto& info : kAdafactorOptionTable) {
+    if (info.torch_name) checked.push_back(&info);
+  }
+  std::stable_sort(checked.begin(), checked.end(), [](auto* a, auto* b) {
+    return a->torch_order < b->torch_order;
+  });
+  for (const auto* p : checked) {
+    const AdafactorOptionInfo& info = *p;
+    const OptionValue value = get_adafactor_option(*this, info);
+    const double* v = std::get_if<double>(&value);
+    if (!v) continue;  // unset
+    const OptionRule rule = info.torch_rule.value_or(info.rule);
+    // As torch words them (torch/optim/_adafactor.py).
+    TORCH_CHECK_VALUE(rule_accepts(rule, *v), info.torch_name, " should be ",
+                      rule_text(rule), " but is: ", python_repr(*v));
+  }
+  validate();
 }
-}  // namespace
 
 void AdafactorOptions::serialize(torch::serialize::OutputArchive& archive) const {
-  archive.write("lr", c10::IValue(lr()));
-  archive.write("beta2_decay", c10::IValue(beta2_decay()));
-  archive.write("eps1", c10::IValue(eps1()));
-  archive.write("eps2", c10::IValue(eps2()));
-  archive.write("d", c10::IValue(d()));
-  archive.write("weight_decay", c10::IValue(weight_decay()));
-  archive.write("maximize", c10::IValue(maximize()));
-  archive.write("beta1", c10::IValue(beta1()));
-  archive.write("relative_step", c10::IValue(relative_step()));
-  archive.write("scale_parameter", c10::IValue(scale_parameter()));
-  archive.write("warmup_init", c10::IValue(warmup_init()));
-  archive.write("variant", c10::IValue(std::string(to_string(variant()))));
-  archive.write("factored_dims",
-                c10::IValue(std::string(to_string(factored_dims()))));
-  archive.write("min_dim_size_to_factor", c10::IValue(min_dim_size_to_factor()));
-  archive.write("fp32_state", c10::IValue(fp32_state()));
-  archive.write("stochastic_rounding", c10::IValue(stochastic_rounding()));
-  archive.write("skip_nan_updates", c10::IValue(skip_nan_updates()));
-  archive.write("beta2_cap", c10::IValue(beta2_cap()));
-  archive.write("decay_offset", c10::IValue(decay_offset()));
-  archive.write("caution", c10::IValue(caution()));
-  archive.write("weight_decay_mode",
-                c10::IValue(std::string(weight_decay_mode() ? to_string(*weight_decay_mode())
-                                                            : "")));
-  archive.write("max_lr", c10::IValue(max_lr()));
-  archive.write("momentum_dtype",
-                c10::IValue(std::string(momentum_dtype_name(momentum_dtype()))));
-  archive.write("momentum_stochastic_rounding",
-                c10::IValue(momentum_stochastic_rounding()));
+  for (const auto& info : kAdafactorOptionTable) {
+    const OptionValue value = get_adafactor_option(*this, info);
+    c10::IValue ivalue;
+    if (const double* d = std::get_if<double>(&value)) {
+      // An OptionalDouble is written as std::optional<double> (None or a
+      // double), as before the table existed.
+      ivalue = info.type == OptionType::OptionalDouble
+                   ? c10::IValue(std::optional<double>(*d))
+                   : c10::IValue(*d);
+    } else if (std::holds_alternative<std::monostate>(value)) {
+      ivalue = c10::IValue(std::optional<double>());
+    } else if (const bool* b = std::get_if<bool>(&value)) {
+      ivalue = c10::IValue(*b);
+    } else if (const std::int64_t* i = std::get_if<std::int64_t>(&value)) {
+      ivalue = c10::IValue(*i);
+    } else {
+      ivalue = c10::IValue(std::get<std::string>(value));
+    }
+    archive.write(info.name, ivalue);
+  }
 }
 
 void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -201,58 +261,40 @@ void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
   // written by another optimizer.
   TORCH_CHECK(archive.try_read("variant", marker),
               "not an Adafactor checkpoint (its options have no \"variant\")");
-  read_if_present(archive, "lr", lr_);
-  read_if_present(archive, "beta2_decay", beta2_decay_);
-  read_if_present(archive, "eps1", eps1_);
-  read_if_present(archive, "eps2", eps2_);
-  read_if_present(archive, "d", d_);
-  read_if_present(archive, "weight_decay", weight_decay_);
-  read_if_present(archive, "maximize", maximize_);
-  read_if_present(archive, "beta1", beta1_);
-  read_if_present(archive, "relative_step", relative_step_);
-  read_if_present(archive, "scale_parameter", scale_parameter_);
-  read_if_present(archive, "warmup_init", warmup_init_);
-  std::string name;
-  read_if_present(archive, "variant", name);
-  if (!name.empty()) variant_ = parse_variant(name);
-  name.clear();
-  read_if_present(archive, "factored_dims", name);
-  if (!name.empty()) factored_dims_ = parse_factored_dims(name);
-  read_if_present(archive, "min_dim_size_to_factor", min_dim_size_to_factor_);
-  read_if_present(archive, "fp32_state", fp32_state_);
-  read_if_present(archive, "stochastic_rounding", stochastic_rounding_);
-  read_if_present(archive, "skip_nan_updates", skip_nan_updates_);
-  read_if_present(archive, "beta2_cap", beta2_cap_);
-  read_if_present(archive, "decay_offset", decay_offset_);
-  read_if_present(archive, "caution", caution_);
-  name.clear();
-  read_if_present(archive, "weight_decay_mode", name);
-  weight_decay_mode_ = std::nullopt;
-  if (!name.empty()) weight_decay_mode_ = parse_weight_decay_mode(name);
-  read_if_present(archive, "max_lr", max_lr_);
-  name.clear();
-  read_if_present(archive, "momentum_dtype", name);
-  if (!name.empty()) momentum_dtype_ = parse_momentum_dtype(name);
-  read_if_present(archive, "momentum_stochastic_rounding", momentum_stochastic_rounding_);
+  // A key the file lacks (it predates the option) keeps this object's value,
+  // or, where the default depends on the variant, takes the file's variant's.
+  const AdafactorVariant variant = parse_variant(marker.toStringRef());
+  for (const auto& info : kAdafactorOptionTable) {
+    c10::IValue ivalue;
+    if (!archive.try_read(info.name, ivalue)) {
+      if (variant != AdafactorVariant::Torch && info.defaults[static_cast<int>(variant)]) {
+        set_adafactor_option(*this, info, adafactor_option_default(info, variant));
+      }
+      continue;
+    }
+    OptionValue value;
+    if (ivalue.isNone()) {
+      value = std::monostate{};
+    } else if (ivalue.isDouble()) {
+      value = ivalue.toDouble();
+    } else if (ivalue.isBool()) {
+      value = ivalue.toBool();
+    } else if (ivalue.isInt()) {
+      value = info.type == OptionType::Int ? OptionValue(ivalue.toInt())
+                                           : OptionValue(static_cast<double>(ivalue.toInt()));
+    } else if (ivalue.isString()) {
+      value = ivalue.toStringRef();
+    }
+    set_adafactor_option(*this, info, value);
+  }
   validate();
 }
 
 bool operator==(const AdafactorOptions& a, const AdafactorOptions& b) {
-  return a.lr() == b.lr() && a.beta2_decay() == b.beta2_decay() &&
-         a.eps1() == b.eps1() && a.eps2() == b.eps2() && a.d() == b.d() &&
-         a.weight_decay() == b.weight_decay() && a.maximize() == b.maximize() &&
-         a.beta1() == b.beta1() && a.relative_step() == b.relative_step() &&
-         a.scale_parameter() == b.scale_parameter() &&
-         a.warmup_init() == b.warmup_init() && a.variant() == b.variant() &&
-         a.factored_dims() == b.factored_dims() &&
-         a.min_dim_size_to_factor() == b.min_dim_size_to_factor() &&
-         a.fp32_state() == b.fp32_state() &&
-         a.stochastic_rounding() == b.stochastic_rounding() &&
-         a.skip_nan_updates() == b.skip_nan_updates() &&
-         a.beta2_cap() == b.beta2_cap() && a.decay_offset() == b.decay_offset() &&
-         a.caution() == b.caution() && a.weight_decay_mode() == b.weight_decay_mode() &&
-         a.max_lr() == b.max_lr() && a.momentum_dtype() == b.momentum_dtype() &&
-         a.momentum_stochastic_rounding() == b.momentum_stochastic_rounding();
+  for (const auto& info : kAdafactorOptionTable) {
+    if (get_adafactor_option(a, info) != get_adafactor_option(b, info)) return false;
+  }
+  return true;
 }
 
 double AdafactorOptions::get_lr() const { return lr(); }
@@ -298,8 +340,11 @@ Adafactor::Adafactor(
     auto& options = static_cast<AdafactorOptions&>(group.options());
     options.validate();
     // Corrected weight decay divides by the lr given here, which schedules
-    // later overwrite.
-    if (!options.max_lr() && options.lr() > 0) options.max_lr(options.lr());
+    // overwrite later.
+    if (options.weight_decay_mode() == WeightDecayMode::Corrected && !options.max_lr() &&
+        options.lr() > 0) {
+      options.max_lr(options.lr());
+    }
   }
 }
 

@@ -353,7 +353,7 @@ const char* fused_unsupported(const AdafactorOptions& options, c10::ScalarType p
   // The coupled gradient G + wd * p is formed in the compute type (float
   // for bf16 parameters), which the loops would have to read for G.
   if (options.weight_decay() != 0 &&
-      options.effective_weight_decay_mode() == WeightDecayMode::Coupled &&
+      options.weight_decay_mode() == WeightDecayMode::Coupled &&
       param_dtype == at::kBFloat16) {
     return "weight_decay_mode=\"coupled\" with bfloat16 parameters";
   }
@@ -399,7 +399,7 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   job.momentum = options.beta1().has_value();
   job.momentum_bf16 = job.momentum && state.exp_avg().defined() &&
                       state.exp_avg().scalar_type() == at::kBFloat16 &&
-                      (options.momentum_dtype() || state_scalar != at::kBFloat16);
+                      (options.momentum_dtype() == MomentumDtype::BFloat16 || state_scalar != at::kBFloat16);
   job.momentum_sr = job.momentum_bf16 && options.momentum_stochastic_rounding();
   job.caution = job.momentum && options.caution();
   job.beta1 = options.beta1().value_or(0.0);
@@ -416,7 +416,7 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   // Coupled decay: the loops read G + wd * p (signed) as the gradient.
   at::Tensor coupled;
   if (options.weight_decay() != 0 &&
-      options.effective_weight_decay_mode() == WeightDecayMode::Coupled) {
+      options.weight_decay_mode() == WeightDecayMode::Coupled) {
     coupled = (options.maximize() ? grad.neg() : grad).add(param, options.weight_decay());
     job.grad = coupled.data_ptr();
     job.maximize = false;
@@ -461,7 +461,7 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   // Decoupled decay p *= 1 - c (torch's form) or p += p * -c (transformers').
   const double wd = options.weight_decay(), lr = options.lr();
   double c = 0;
-  switch (options.effective_weight_decay_mode()) {
+  switch (options.weight_decay_mode()) {
     case WeightDecayMode::Lr: c = lr * wd; break;
     case WeightDecayMode::LrT: c = wd * job.alpha; break;
     case WeightDecayMode::Unscaled: c = wd; break;

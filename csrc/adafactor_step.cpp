@@ -91,8 +91,8 @@ struct Working {
 };
 
 at::TensorOptions momentum_options(const at::Tensor& param, const AdafactorOptions& options) {
-  return param.options().dtype(options.momentum_dtype()
-                                   ? *options.momentum_dtype()
+  return param.options().dtype(options.momentum_dtype() == MomentumDtype::BFloat16
+                                   ? at::kBFloat16
                                    : state_dtype(param.scalar_type(), options));
 }
 
@@ -238,8 +238,8 @@ bool adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
                        ? std::max(t - static_cast<double>(options.decay_offset()), 1.0)
                        : t;
   const double power = std::pow(s, options.beta2_decay());
-  const bool capped = options.beta2_cap() < 1.0;
-  numbers.beta2 = capped ? std::min(options.beta2_cap(), 1.0 - power) : 1.0 - power;
+  const bool capped = options.beta2_cap().has_value();
+  numbers.beta2 = capped ? std::min(*options.beta2_cap(), 1.0 - power) : 1.0 - power;
   numbers.lerp_weight = torch_variant && !capped ? power : 1.0 - numbers.beta2;
   const char* unsupported = detail::fused_unsupported(options, param.scalar_type());
   if (shard) {
@@ -271,7 +271,7 @@ void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
   const auto variant = options.variant();
   const bool torch_variant = variant == AdafactorVariant::Torch;
   const bool big_vision = variant == AdafactorVariant::BigVision;
-  const auto mode = options.effective_weight_decay_mode();
+  const auto mode = options.weight_decay_mode();
   const double wd = options.weight_decay();
   const auto cdt = compute_dtype(param.scalar_type());
   at::Tensor p = param.scalar_type() == cdt ? param : param.to(cdt);
@@ -362,7 +362,7 @@ void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
     }
     if (momentum) {
       const double beta1 = *options.beta1();
-      if (options.momentum_dtype()) {
+      if (options.momentum_dtype() == MomentumDtype::BFloat16) {
         // As the anchors' torch ops do it: the update rounded to the
         // momentum's dtype, lerp in its compute type, rounded back.
         at::Tensor& m = state.exp_avg();

@@ -66,6 +66,8 @@ pip_install "scikit-build-core>=0.10" pybind11 ninja
 if [ "$WITH_TEST" = 1 ]; then
   step "installing test dependencies"
   pip_install "pytest>=8" "transformers>=4.40"
+  # torch.testing._internal (PyTorch's own optimizer error inputs) imports it.
+  pip_install expecttest
   # For the benchmark smoke test's timm row (without torchvision: see
   # benchmarks/requirements.txt).
   pip_install --no-deps timm

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <unordered_set>
 
+#include "adafactor_args.h"
 #include "argspec.h"
 #include "tcltorch/checkpoint.h"
 #include "commands.h"
@@ -82,146 +83,33 @@ int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
 // ------------------------------------------------------------ Adafactor
 
 const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
-const NumberRule kBeta1{[](double v) { return v == -1.0 || (v >= 0 && v < 1); },
-                        "-1 (no momentum) or in [0, 1)"};
-const char* const kVariants[] = {"transformers", "torch", "big_vision", nullptr};
-const char* const kFactoredDimsNames[] = {"last_two", "largest_two", "leading_two", nullptr};
-const char* const kWeightDecayModes[] = {"lr", "lr_t", "unscaled", "corrected", "coupled",
-                                         nullptr};
-const char* const kMomentumDtypes[] = {"none", "bfloat16", nullptr};
-const NumberRule kBeta2Cap{[](double v) { return v > 0 && v <= 1; }, "in (0, 1]"};
 
-// The seed page's options first, in its positional order and with its
-// defaults; the rest of the core's options are named-only.
+// The Adafactor options come from the core's table (adafactor_args.h); the
+// door-level arguments are the command's own.
 CommandSpec adafactor_spec(const char* name) {
-  return {name, {
-      {.name = "parameters", .required = true, .placeholder = "tensorsOrModule"},
-      {.name = "lr", .type = ArgType::Double, .default_value = "0.8",
-       .rule = kNonNegative},
-      {.name = "eps2", .type = ArgType::Double, .default_value = "1e-30",
-       .rule = kNonNegative},
-      // A positive number, or "none": no clipping.
-      {.name = "clipThreshold", .snake = "clip_threshold", .type = ArgType::Object,
-       .default_value = "1.0", .placeholder = "number|none"},
-      {.name = "decayRate", .snake = "decay_rate", .type = ArgType::Double,
-       .default_value = "-1.0"},
-      {.name = "beta1", .type = ArgType::Double, .default_value = "-1.0",
-       .rule = kBeta1},
-      {.name = "weightDecay", .snake = "weight_decay", .type = ArgType::Double,
-       .default_value = "0.0", .rule = kNonNegative},
-      {.name = "relativeStep", .snake = "relative_step", .type = ArgType::Bool,
-       .default_value = "1", .placeholder = "bool", .positional = false},
-      {.name = "scaleParameter", .snake = "scale_parameter", .type = ArgType::Bool,
-       .default_value = "1", .placeholder = "bool", .positional = false},
-      {.name = "warmupInit", .snake = "warmup_init", .type = ArgType::Bool,
-       .default_value = "0", .placeholder = "bool", .positional = false},
-      {.name = "epsScale", .snake = "eps_scale", .type = ArgType::Double,
-       .default_value = "1e-3", .rule = kNonNegative, .positional = false},
-      {.name = "maximize", .type = ArgType::Bool, .default_value = "0",
-       .placeholder = "bool", .positional = false},
-      {.name = "variant", .type = ArgType::String, .default_value = "transformers",
-       .placeholder = "variant", .choices = kVariants, .positional = false},
-      {.name = "factoredDims", .snake = "factored_dims", .type = ArgType::String,
-       .default_value = "last_two", .placeholder = "rule",
-       .choices = kFactoredDimsNames, .positional = false},
-      {.name = "minDimSizeToFactor", .snake = "min_dim_size_to_factor",
-       .type = ArgType::Int, .default_value = "0", .placeholder = "int",
-       .rule = kNonNegative, .positional = false},
-      {.name = "fp32State", .snake = "fp32_state", .type = ArgType::Bool,
-       .default_value = "0", .placeholder = "bool", .positional = false},
-      {.name = "stochasticRounding", .snake = "stochastic_rounding",
-       .type = ArgType::Bool, .default_value = "0", .placeholder = "bool",
-       .positional = false},
-      {.name = "skipNonFinite", .snake = "skip_non_finite", .type = ArgType::Bool,
-       .default_value = "0", .placeholder = "bool", .positional = false},
-      {.name = "beta2Cap", .snake = "beta2_cap", .type = ArgType::Double,
-       .default_value = "1.0", .rule = kBeta2Cap, .positional = false},
-      {.name = "decayOffset", .snake = "decay_offset", .type = ArgType::Int,
-       .default_value = "0", .placeholder = "int", .rule = kNonNegative, .positional = false},
-      {.name = "caution", .type = ArgType::Bool, .default_value = "0",
-       .placeholder = "bool", .positional = false},
-      // Absent: the variant's own (lr, or lr_t for transformers).
-      {.name = "weightDecayMode", .snake = "weight_decay_mode", .type = ArgType::String,
-       .placeholder = "mode", .choices = kWeightDecayModes, .positional = false},
-      {.name = "momentumDtype", .snake = "momentum_dtype", .type = ArgType::String,
-       .default_value = "none", .placeholder = "dtype", .choices = kMomentumDtypes,
-       .positional = false},
-      {.name = "momentumStochasticRounding", .snake = "momentum_stochastic_rounding",
-       .type = ArgType::Bool, .default_value = "0", .placeholder = "bool",
-       .positional = false},
-  }};
+  return adafactor_command_spec(
+      name, {{.name = "parameters", .required = true, .placeholder = "tensorsOrModule"}});
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
 const CommandSpec kAdafactorAlias = adafactor_spec("torch::optimizerAdafactor");
 
-// -decayRate: -1 is the default schedule 1 - t^-0.8; a positive c means
-// 1 - t^-c; any other negative x means 1 - t^x.
-double beta2_decay_of(double decay_rate) {
-  if (decay_rate == -1.0) return -0.8;
-  return decay_rate > 0 ? -decay_rate : decay_rate;
+AdafactorOptions options_of(const AdafactorSettings& settings) {
+  AdafactorOptions options;
+  for (const auto& [info, value] : settings) set_adafactor_option(options, *info, value);
+  return options;
 }
 
 int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
               int objc, Tcl_Obj* const objv[]) {
   Args args;
   if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
-  if (args.flag("warmupInit") && !args.flag("relativeStep")) {
-    return bad_value(interp, "warmupInit", args.obj("warmupInit"),
-                     "needs -relativeStep true (warm-up ramps the relative step)");
-  }
+  AdafactorSettings settings;
+  if (adafactor_settings(interp, {&args}, settings) != TCL_OK) return TCL_ERROR;
   std::vector<at::Tensor> params;
   if (collect_parameters(registry, interp, args.obj("parameters"), params) != TCL_OK) {
     return TCL_ERROR;
   }
-  std::optional<double> clip;
-  if (std::string(Tcl_GetString(args.obj("clipThreshold"))) != "none") {
-    double value = 0;
-    const char* wrong = nullptr;
-    if (Tcl_GetDoubleFromObj(nullptr, args.obj("clipThreshold"), &value) != TCL_OK) {
-      wrong = "must be a floating-point number or none";
-    } else if (!std::isfinite(value)) {
-      wrong = "must be a finite number or none";
-    } else if (value <= 0) {
-      wrong = "must be > 0 or none";
-    }
-    if (wrong) return bad_value(interp, "clipThreshold", args.obj("clipThreshold"), wrong);
-    clip = value;
-  }
-  const auto variant = parse_variant(args.str("variant"));
-  // Options not given take the variant's defaults where it has its own
-  // (big_vision); the others the command's.
-  const bool own = variant == AdafactorVariant::BigVision;
-  auto pick = [&](const char* name) { return !own || args.given(name); };
-  AdafactorOptions options = AdafactorOptions::for_variant(variant);
-  if (pick("lr")) options.lr(args.number("lr"));
-  // -eps2 defaults to the paper's 1e-30; with -variant torch and no -eps2,
-  // torch's own default (finfo(dtype).eps of each parameter) applies.
-  if (args.given("eps2") || args.str("variant") != "torch") options.eps1(args.number("eps2"));
-  options.eps2(args.number("epsScale"))
-      .beta2_decay(beta2_decay_of(args.number("decayRate")))
-      .weight_decay(args.number("weightDecay"))
-      .warmup_init(args.flag("warmupInit"))
-      .maximize(args.flag("maximize"))
-      .fp32_state(args.flag("fp32State"))
-      .stochastic_rounding(args.flag("stochasticRounding"))
-      .skip_nan_updates(args.flag("skipNonFinite"))
-      .decay_offset(args.integer("decayOffset"))
-      .caution(args.flag("caution"))
-      .momentum_stochastic_rounding(args.flag("momentumStochasticRounding"));
-  if (pick("clipThreshold")) options.d(clip);
-  if (pick("relativeStep")) options.relative_step(args.flag("relativeStep"));
-  if (pick("scaleParameter")) options.scale_parameter(args.flag("scaleParameter"));
-  if (pick("factoredDims")) options.factored_dims(parse_factored_dims(args.str("factoredDims")));
-  if (pick("minDimSizeToFactor")) options.min_dim_size_to_factor(args.integer("minDimSizeToFactor"));
-  if (pick("beta2Cap")) options.beta2_cap(args.number("beta2Cap"));
-  if (pick("momentumDtype")) options.momentum_dtype(parse_momentum_dtype(args.str("momentumDtype")));
-  if (args.given("weightDecayMode")) {
-    options.weight_decay_mode(parse_weight_decay_mode(args.str("weightDecayMode")));
-  }
-  if (pick("beta1")) {
-    options.beta1(std::nullopt);
-    if (args.number("beta1") != -1.0) options.beta1(args.number("beta1"));
-  }
+  const AdafactorOptions options = options_of(settings);
   return optimizer_result(registry, interp, "adafactor", [params, options] {
     return std::make_unique<Adafactor>(params, options);
   });

@@ -24,9 +24,9 @@ STEPS = 6
 
 CONFIGS = [
     {"variant": "big_vision"},
-    {"variant": "big_vision", "momentum_dtype": None, "caution": True, "weight_decay": 0.1,
+    {"variant": "big_vision", "momentum_dtype": "none", "caution": True, "weight_decay": 0.1,
      "d": 1.0},
-    {"variant": "big_vision", "momentum_dtype": None, "beta1": None, "weight_decay": 0.1,
+    {"variant": "big_vision", "momentum_dtype": "none", "beta1": None, "weight_decay": 0.1,
      "weight_decay_mode": "unscaled"},
     {"variant": "torch", "beta2_cap": 0.6, "decay_offset": 3, "d": None},
     {"variant": "transformers", "beta2_cap": 0.6, "decay_offset": 3},
@@ -192,8 +192,9 @@ def test_sharded_step_refuses_coupled_decay_on_bf16():
 # ------------------------------------------------------------ the doors' checks
 
 BAD_PYTHON = [
-    ({"beta2_cap": 0.0}, "beta2_cap must be in \\(0, 1\\], got 0"),
-    ({"beta2_cap": 1.5}, "beta2_cap must be in \\(0, 1\\], got 1.5"),
+    ({"beta2_cap": 1.0}, "beta2_cap must be in \\[0, 1\\) or unset, got 1"),
+    ({"beta2_cap": -0.5}, "beta2_cap must be in \\[0, 1\\) or unset, got -0.5"),
+    ({"max_lr": 0.0}, "max_lr must be > 0 or unset, got 0"),
     ({"decay_offset": -1}, "decay_offset must be >= 0, got -1"),
     ({"weight_decay_mode": "l2"}, 'weight_decay_mode must be "lr", "lr_t", "unscaled", '
                                   '"corrected" or "coupled", got "l2"'),
@@ -202,7 +203,8 @@ BAD_PYTHON = [
                                'got "bigvision"'),
     ({"factored_dims": "first_two"}, 'factored_dims must be "last_two", "largest_two" or '
                                      '"leading_two", got "first_two"'),
-    ({"d": 0.0}, "d \\(clip threshold\\) must be > 0 or unset, got 0"),
+    ({"d": 0.0, "variant": "transformers"}, "d must be > 0 or unset, got 0"),
+    ({"d": 0.0, "variant": "big_vision"}, "d must be > 0 or unset, got 0"),
 ]
 
 
@@ -214,7 +216,7 @@ def test_python_refuses_bad_values(kwargs, message):
 
 def test_python_type_errors():
     with pytest.raises(TypeError, match="decay_offset must be an int"):
-        tcltorch.Adafactor([torch.zeros(3, requires_grad=True)], decay_offset=1.5)
+        _C.Adafactor([torch.zeros(3)], decay_offset=1.5)
     with pytest.raises(TypeError, match="caution must be True or False"):
         _C.Adafactor([torch.zeros(3)], caution=1)
     with pytest.raises(TypeError, match="beta2_cap must be a number"):
@@ -225,6 +227,7 @@ def test_python_big_vision_defaults_and_overrides():
     p = torch.zeros(3, requires_grad=True)
     group = tcltorch.Adafactor([p], variant="big_vision").param_groups[0]
     assert (group["lr"], group["d"], group["beta1"], group["beta2_cap"]) == (1.0, None, 0.9, 0.999)
+    assert (group["weight_decay_mode"], group["eps"][0]) == ("lr", None)  # None: 1e-30 here
     assert group["momentum_dtype"] == torch.bfloat16
     assert (group["relative_step"], group["scale_parameter"]) == (False, False)
     assert (group["factored_dims"], group["min_dim_size_to_factor"]) == ("largest_two", 16)
@@ -233,17 +236,21 @@ def test_python_big_vision_defaults_and_overrides():
     assert (group["lr"], group["d"], group["momentum_dtype"]) == (0.1, 1.0, None)
     torch_group = tcltorch.Adafactor([p]).param_groups[0]
     assert (torch_group["lr"], torch_group["d"], torch_group["beta1"]) == (1e-2, 1.0, None)
+    assert (torch_group["beta2_cap"], torch_group["momentum_dtype"]) == (None, None)
+    assert tcltorch.Adafactor([p], variant="transformers").param_groups[0][
+        "weight_decay_mode"] == "lr_t"
 
 
 BAD_TCL = [
-    ("-beta2Cap 0", "-beta2Cap", "0", "must be in (0, 1]"),
+    ("-beta2Cap 1", "-beta2Cap", "1", "must be -1 (no cap) or in [0, 1)"),
+    ("-maxLr 0", "-maxLr", "0", "must be -1 ("),
     ("-decayOffset -2", "-decayOffset", "-2", "must be"),
     ("-weightDecayMode l2", "-weightDecayMode", "l2",
      "must be lr, lr_t, unscaled, corrected, or coupled"),
     ("-momentumDtype float16", "-momentumDtype", "float16", "must be none or bfloat16"),
-    ("-clipThreshold 0", "-clipThreshold", "0", "must be > 0 or none"),
-    ("-clipThreshold inf", "-clipThreshold", "inf", "must be a finite number or none"),
-    ("-clipThreshold off", "-clipThreshold", "off", "must be a floating-point number or none"),
+    ("-clipThreshold 0", "-clipThreshold", "0", "must be -1 (no clipping) or > 0"),
+    ("-clipThreshold inf", "-clipThreshold", "inf", "must be a finite number"),
+    ("-clipThreshold off", "-clipThreshold", "off", "must be a floating-point number"),
     ("-variant bigvision", "-variant", "bigvision", "must be"),
     ("-caution maybe", "-caution", "maybe", "must be a boolean"),
 ]

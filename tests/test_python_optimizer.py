@@ -180,8 +180,11 @@ def test_transformers_state_dict_converts():
 
 
 @pytest.mark.parametrize("kwargs, exc, word", [
-    ({"lr": -1.0}, ValueError, "lr"), ({"beta2_decay": 0.3}, ValueError, "beta2_decay"),
-    ({"eps": (-1.0, 1e-3)}, ValueError, "eps1"), ({"d": 0.0}, ValueError, "d"),
+    # variant="torch" (the default) words them as torch does
+    ({"lr": -1.0}, ValueError, "Learning rate"), ({"beta2_decay": 0.3}, ValueError, "beta2_decay"),
+    ({"eps": (-1.0, 1e-3)}, ValueError, "epsilon1"), ({"d": 0.0}, ValueError, "d"),
+    ({"lr": -1.0, "variant": "transformers"}, ValueError, "lr"),
+    ({"eps": (-1.0, 1e-3), "variant": "transformers"}, ValueError, "eps1"),
     ({"weight_decay": -1.0}, ValueError, "weight_decay"), ({"beta1": 1.0}, ValueError, "beta1"),
     ({"variant": "adam"}, ValueError, "variant"), ({"lr": "fast"}, TypeError, "lr"),
     ({"lr": torch.tensor([0.1, 0.2])}, ValueError, "1-element"),

@@ -32,7 +32,8 @@ OPTIONS = [
     ("fp32State", "fp32_state"), ("stochasticRounding", "stochastic_rounding"),
     ("skipNonFinite", "skip_non_finite"), ("beta2Cap", "beta2_cap"),
     ("decayOffset", "decay_offset"), ("caution", None),
-    ("weightDecayMode", "weight_decay_mode"), ("momentumDtype", "momentum_dtype"),
+    ("weightDecayMode", "weight_decay_mode"),
+    ("maxLr", "max_lr"), ("momentumDtype", "momentum_dtype"),
     ("momentumStochasticRounding", "momentum_stochastic_rounding"),
 ]
 SPELLINGS = [s for pair in OPTIONS for s in pair if s]
@@ -162,9 +163,9 @@ CASES = [
     ("-stochasticRounding 1", dict(stochastic_rounding=True), "bfloat16", True),
     # Finite gradients: skipping never triggers (tests/test_nonfinite.py has the rest).
     ("-skipNonFinite 1", dict(skip_nan_updates=True), "float32", False),
-    ("-clipThreshold none", dict(d=None), "float32", True),
+    ("-clipThreshold -1", dict(d=None), "float32", True),
     ("-beta2Cap 0.5", dict(beta2_cap=0.5), "float32", True),
-    ("-beta2Cap 1", dict(beta2_cap=1.0), "float32", False),
+    ("-beta2Cap -1", dict(beta2_cap=None), "float32", False),
     ("-decayOffset 2", dict(decay_offset=2), "float32", True),
     ("-caution 1 -beta1 0.9", dict(caution=True, beta1=0.9), "float32", True),
     ("-caution 1", dict(caution=True), "float32", False),  # without momentum: nothing
@@ -172,6 +173,8 @@ CASES = [
      dict(weight_decay_mode="unscaled", weight_decay=0.2), "float32", True),
     ("-weightDecayMode coupled -weightDecay 0.2",
      dict(weight_decay_mode="coupled", weight_decay=0.2), "float32", True),
+    ("-weightDecayMode corrected -weightDecay 0.2 -maxLr 1.6",
+     dict(weight_decay_mode="corrected", weight_decay=0.2, max_lr=1.6), "float32", True),
     ("-momentumDtype bfloat16 -beta1 0.9", dict(momentum_dtype="bfloat16", beta1=0.9),
      "float32", True),
     ("-momentumStochasticRounding 1 -momentumDtype bfloat16 -beta1 0.9",
@@ -179,7 +182,7 @@ CASES = [
      "float32", True),
     ("-variant big_vision -lr 0.05", dict(variant="big_vision", lr=0.05), "float32", True),
     ("-variant big_vision -lr 0.05 -beta1 -1 -momentumDtype none -clipThreshold 1",
-     dict(variant="big_vision", lr=0.05, beta1=None, momentum_dtype=None, d=1.0),
+     dict(variant="big_vision", lr=0.05, beta1=None, momentum_dtype="none", d=1.0),
      "float32", True),
     ("-factoredDims leading_two", dict(factored_dims="leading_two"), "float32", True),
     ("-fp32State yes -stochasticRounding on",
@@ -257,6 +260,7 @@ VALUES = {
     "caution": "1 -beta1 0.9", "weightDecayMode": "unscaled -weightDecay 0.2",
     "momentumDtype": "bfloat16 -beta1 0.9",
     "momentumStochasticRounding": "1 -momentumDtype bfloat16 -beta1 0.9",
+    "maxLr": "1.6 -weightDecayMode corrected -weightDecay 0.2",
 }
 BF16_OPTIONS = {"fp32State", "stochasticRounding"}
 

@@ -89,7 +89,7 @@ BAD_CALLS = [
     ("torch::optimizer_adafactor -parameters $t -lr fast",
      ("TORCH", "VALUE", "-lr", "fast"), 'bad value "fast" for -lr: must be a floating-point number'),
     ("torch::optimizer_adafactor -parameters $t -clipThreshold 0",
-     ("TORCH", "VALUE", "-clipThreshold", "0"), "must be > 0"),
+     ("TORCH", "VALUE", "-clipThreshold", "0"), "must be -1 (no clipping) or > 0"),
     ("torch::optimizer_adafactor -parameters $t -beta1 1.5",
      ("TORCH", "VALUE", "-beta1", "1.5"), "-1 (no momentum) or in [0, 1)"),
     ("torch::optimizer_adafactor -parameters $t -lr",

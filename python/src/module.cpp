@@ -44,90 +44,102 @@ std::string as_string(const char* name, const py::handle& v) {
   return v.cast<std::string>();
 }
 
-std::int64_t as_int(const char* name, const py::handle& v) {
-  if (!PyLong_Check(v.ptr()) || PyBool_Check(v.ptr())) {
-    throw py::type_error(std::string(name) + " must be an int");
+// One keyword of the table (Python's None = unset, an enum by name) as the
+// core's value; TypeError for a value of the wrong type.
+tcltorch::OptionValue option_value(const tcltorch::AdafactorOptionInfo& info,
+                                   const py::handle& v) {
+  using tcltorch::OptionType;
+  const char* n = info.name;
+  switch (info.type) {
+    case OptionType::OptionalDouble:
+      if (v.is_none()) return {};
+      [[fallthrough]];
+    case OptionType::Double:
+      return as_double(n, v);
+    case OptionType::Bool:
+      return as_bool(n, v);
+    case OptionType::Int:
+      if (!PyLong_Check(v.ptr()) || PyBool_Check(v.ptr())) {
+        throw py::type_error(std::string(n) + " must be an int");
+      }
+      return v.cast<std::int64_t>();
+    case OptionType::Enum:
+      return as_string(n, v);
   }
-  return v.cast<std::int64_t>();
+  return {};
 }
 
-// Keyword arguments use the core's own option names.
-// Options not given take the defaults of the variant given (big_vision has
-// its own).
-AdafactorOptions options_from(const py::kwargs& kwargs) {
+py::object to_python(const tcltorch::OptionValue& value) {
+  struct {
+    py::object operator()(std::monostate) const { return py::none(); }
+    py::object operator()(double v) const { return py::float_(v); }
+    py::object operator()(bool v) const { return py::bool_(v); }
+    py::object operator()(std::int64_t v) const { return py::int_(v); }
+    py::object operator()(const std::string& v) const { return py::str(v); }
+  } visit;
+  return std::visit(visit, value);
+}
+
+// Keyword arguments use the core's own option names (the table's).
+// Options not given take the defaults of the variant given.
+AdafactorOptions options_from(const py::kwargs& kwargs, bool validate = true) {
   AdafactorOptions o;
   if (kwargs.contains("variant")) {
-    o = AdafactorOptions::for_variant(
+    o = AdafactorOptions::defaults_for(
         tcltorch::parse_variant(as_string("variant", kwargs["variant"])));
   }
   for (const auto& [key, value] : kwargs) {
     const auto name = key.cast<std::string>();
-    const char* n = name.c_str();
-    if (name == "lr") o.lr(as_double(n, value));
-    else if (name == "beta2_decay") o.beta2_decay(as_double(n, value));
-    else if (name == "eps1") o.eps1(as_optional_double(n, value));
-    else if (name == "eps2") o.eps2(as_double(n, value));
-    else if (name == "d") o.d(as_optional_double(n, value));
-    else if (name == "weight_decay") o.weight_decay(as_double(n, value));
-    else if (name == "maximize") o.maximize(as_bool(n, value));
-    else if (name == "beta1") o.beta1(as_optional_double(n, value));
-    else if (name == "relative_step") o.relative_step(as_bool(n, value));
-    else if (name == "scale_parameter") o.scale_parameter(as_bool(n, value));
-    else if (name == "warmup_init") o.warmup_init(as_bool(n, value));
-    else if (name == "variant") o.variant(tcltorch::parse_variant(as_string(n, value)));
-    else if (name == "factored_dims")
-      o.factored_dims(tcltorch::parse_factored_dims(as_string(n, value)));
-    else if (name == "min_dim_size_to_factor") o.min_dim_size_to_factor(as_int(n, value));
-    else if (name == "fp32_state") o.fp32_state(as_bool(n, value));
-    else if (name == "stochastic_rounding") o.stochastic_rounding(as_bool(n, value));
-    else if (name == "skip_nan_updates") o.skip_nan_updates(as_bool(n, value));
-    else if (name == "beta2_cap") o.beta2_cap(as_double(n, value));
-    else if (name == "decay_offset") o.decay_offset(as_int(n, value));
-    else if (name == "caution") o.caution(as_bool(n, value));
-    else if (name == "weight_decay_mode") {
-      if (value.is_none()) o.weight_decay_mode(std::nullopt);
-      else o.weight_decay_mode(tcltorch::parse_weight_decay_mode(as_string(n, value)));
-    } else if (name == "max_lr") o.max_lr(as_optional_double(n, value));
-    else if (name == "momentum_dtype")
-      o.momentum_dtype(tcltorch::parse_momentum_dtype(
-          value.is_none() ? std::string("none") : as_string(n, value)));
-    else if (name == "momentum_stochastic_rounding")
-      o.momentum_stochastic_rounding(as_bool(n, value));
-    else throw py::type_error("unexpected keyword argument '" + name + "'");
+    const auto* info = tcltorch::find_adafactor_option(name);
+    if (!info) throw py::type_error("unexpected keyword argument '" + name + "'");
+    tcltorch::set_adafactor_option(o, *info, option_value(*info, value));
   }
-  o.validate();
+  if (validate) o.validate();
   return o;
 }
 
 py::dict options_dict(const AdafactorOptions& o) {
   py::dict d;
-  d["lr"] = o.lr();
-  d["beta2_decay"] = o.beta2_decay();
-  d["eps1"] = o.eps1() ? py::cast(*o.eps1()) : py::none();
-  d["eps2"] = o.eps2();
-  d["d"] = o.d() ? py::cast(*o.d()) : py::none();
-  d["weight_decay"] = o.weight_decay();
-  d["maximize"] = o.maximize();
-  d["beta1"] = o.beta1() ? py::cast(*o.beta1()) : py::none();
-  d["relative_step"] = o.relative_step();
-  d["scale_parameter"] = o.scale_parameter();
-  d["warmup_init"] = o.warmup_init();
-  d["variant"] = tcltorch::to_string(o.variant());
-  d["factored_dims"] = tcltorch::to_string(o.factored_dims());
-  d["min_dim_size_to_factor"] = o.min_dim_size_to_factor();
-  d["fp32_state"] = o.fp32_state();
-  d["stochastic_rounding"] = o.stochastic_rounding();
-  d["skip_nan_updates"] = o.skip_nan_updates();
-  d["beta2_cap"] = o.beta2_cap();
-  d["decay_offset"] = o.decay_offset();
-  d["caution"] = o.caution();
-  d["weight_decay_mode"] = o.weight_decay_mode()
-                               ? py::cast(std::string(tcltorch::to_string(*o.weight_decay_mode())))
-                               : py::none();
-  d["max_lr"] = o.max_lr() ? py::cast(*o.max_lr()) : py::none();
-  d["momentum_dtype"] = o.momentum_dtype() ? py::cast(std::string("bfloat16")) : py::none();
-  d["momentum_stochastic_rounding"] = o.momentum_stochastic_rounding();
+  for (const auto& info : tcltorch::kAdafactorOptionTable) {
+    d[info.name] = to_python(tcltorch::get_adafactor_option(o, info));
+  }
   return d;
+}
+
+// The table of options, for the Python door and the docs.
+py::list option_table() {
+  using tcltorch::AdafactorVariant;
+  static const char* const kTypes[] = {"double", "optional_double", "bool", "int", "enum"};
+  static const char* const kRules[] = {"any", "non_negative", "positive", "non_positive",
+                                       "unit_interval_open", "at_least_one"};
+  py::list rows;
+  for (const auto& info : tcltorch::kAdafactorOptionTable) {
+    py::dict row;
+    row["name"] = info.name;
+    row["type"] = kTypes[static_cast<int>(info.type)];
+    row["tcl"] = info.tcl;
+    py::dict defaults;
+    for (std::size_t v = 0; v < tcltorch::kAdafactorVariantCount; ++v) {
+      defaults[tcltorch::kAdafactorVariantNames[v]] = to_python(
+          tcltorch::adafactor_option_default(info, static_cast<AdafactorVariant>(v)));
+    }
+    row["defaults"] = defaults;
+    row["rule"] = kRules[static_cast<int>(info.rule)];
+    row["rule_text"] = tcltorch::rule_text(info.rule);
+    row["doc"] = info.doc;
+    row["none_doc"] = info.none_doc ? py::object(py::str(info.none_doc)) : py::none();
+    py::list choices;
+    for (auto c = info.choices; c && *c; ++c) choices.append(*c);
+    row["choices"] = choices;
+    row["tcl_positional"] = info.tcl_positional;
+    row["tcl_default"] = info.tcl_default ? py::object(py::str(info.tcl_default)) : py::none();
+    row["tcl_minus_one_unsets"] = info.tcl_minus_one_unsets;
+    row["tcl_form"] = info.tcl_form == tcltorch::TclForm::DecayRate ? "decay_rate" : "plain";
+    row["torch_name"] = info.torch_name ? py::object(py::str(info.torch_name)) : py::none();
+    row["torch_rule_text"] = tcltorch::rule_text(info.torch_rule.value_or(info.rule));
+    rows.append(row);
+  }
+  return rows;
 }
 
 py::dict state_dict_of(const AdafactorParamState& s) {
@@ -284,14 +296,14 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("path"));
 
-  m.def(
-      "variant_defaults",
-      [](const std::string& variant) {
-        return options_dict(AdafactorOptions::for_variant(tcltorch::parse_variant(variant)));
-      },
-      py::arg("variant"), "The core's options as a variant starts from them.");
   m.def("validate_options", [](const py::kwargs& kwargs) { options_from(kwargs); },
         "Raises ValueError/TypeError unless the keyword arguments are valid core options.");
+  m.def("validate_options_as_torch",
+        [](const py::kwargs& kwargs) { options_from(kwargs, false).validate_as_torch(); },
+        "As validate_options, after torch.optim.Adafactor's own checks and messages.");
+  m.def("adafactor_options", &option_table,
+        "The table of Adafactor options: one dict per option (name, type, tcl, defaults "
+        "per variant, rule, doc, ...), in the table's order.");
   m.def("adafactor_init_state",
         [](const at::Tensor& param, const py::kwargs& kwargs) {
           AdafactorParamState state;

@@ -11,32 +11,43 @@ from . import _C
 
 __all__ = ["Adafactor", "from_transformers_state_dict"]
 
-# Group keys beyond torch.optim.Adafactor's, with their defaults. A state dict
-# saved by torch.optim.Adafactor lacks them; __setstate__ fills them in.
-_EXTRA_DEFAULTS: dict[str, Any] = {
-    "beta1": None,
-    "relative_step": True,
-    "scale_parameter": True,
-    "warmup_init": False,
-    "variant": "torch",
-    "factored_dims": "last_two",
-    "min_dim_size_to_factor": 0,
-    "fp32_state": False,
-    "stochastic_rounding": False,
-    "skip_nan_updates": False,
-    "beta2_cap": 1.0,
-    "decay_offset": 0,
-    "caution": False,
-    "weight_decay_mode": None,
-    "max_lr": None,
-    "momentum_dtype": None,
-    "momentum_stochastic_rounding": False,
-}
+# The core's table of options (csrc/include/tcltorch/adafactor_options.h):
+# one dict per option with its name, type, defaults per variant, rule, doc.
+_OPTIONS: list[dict] = _C.adafactor_options()
+_VARIANTS: tuple[str, ...] = tuple(
+    next(o for o in _OPTIONS if o["name"] == "variant")["choices"])
+# torch.optim.Adafactor's own arguments, named and defaulted in its signature;
+# its group key "eps" packs (eps1, eps2).
+_TORCH_ARGUMENTS = ("lr", "beta2_decay", "eps1", "eps2", "d", "weight_decay", "maximize")
+_PACKED = {"eps1": ("eps", 0), "eps2": ("eps", 1)}
+
+
+# momentum_dtype: Python spells the core's names as torch dtypes.
+_DTYPE_NAMES = {"none": None, "bfloat16": torch.bfloat16}
+
+
+def _defaults_for(variant: str) -> dict[str, Any]:
+    """Every option's default under `variant` (torch's for an unknown name,
+    which validation then refuses)."""
+    if variant not in _VARIANTS:
+        variant = "torch"
+    out = {o["name"]: o["defaults"][variant] for o in _OPTIONS}
+    out["momentum_dtype"] = _DTYPE_NAMES[out["momentum_dtype"]]
+    return out
+
+
+def _enum_name(name: str, value) -> str:
+    if name == "momentum_dtype":
+        for text, dtype in _DTYPE_NAMES.items():
+            if value is dtype or value == text:
+                return text
+        raise ValueError(f"momentum_dtype must be torch.bfloat16 or None, got {value!r}")
+    return str(value)
 
 
 class _VariantDefault:
-    """The default of an argument whose default depends on the variant
-    (big_vision's differ; see docs/python.md)."""
+    """The default of torch's arguments whose default depends on the variant
+    (big_vision's lr and d)."""
 
     def __repr__(self) -> str:
         return "<the variant's default>"
@@ -45,12 +56,11 @@ class _VariantDefault:
 _BY_VARIANT = _VariantDefault()
 
 
-def _momentum_dtype_name(value) -> str | None:
-    if value is None:
-        return None
-    if value == torch.bfloat16 or value == "bfloat16":
-        return "bfloat16"
-    raise ValueError(f"momentum_dtype must be torch.bfloat16 or None, got {value!r}")
+# Group keys beyond torch.optim.Adafactor's, with their defaults. A state dict
+# saved by torch.optim.Adafactor lacks them; __setstate__ fills them in.
+_EXTRA_DEFAULTS: dict[str, Any] = {
+    name: value for name, value in _defaults_for("torch").items()
+    if name not in _TORCH_ARGUMENTS}
 
 
 def _number(name: str, value) -> float:
@@ -61,36 +71,34 @@ def _number(name: str, value) -> float:
     return float(value)
 
 
+_CONVERT = {
+    "double": _number,
+    "optional_double": lambda name, v: None if v is None else _number(name, v),
+    "bool": lambda name, v: bool(v),
+    "int": lambda name, v: int(v),
+    "enum": _enum_name,
+}
+
+
+def _group_value(group: dict, name: str):
+    if name in _PACKED:
+        key, index = _PACKED[name]
+        return group[key][index]
+    return group[name]
+
+
 def _core_options(group: dict) -> dict:
     """The core's keyword options for a parameter group, read at step time so
     that LR schedulers and wrappers that edit param_groups take effect."""
-    eps1, eps2 = group["eps"]
-    return {
-        "lr": _number("lr", group["lr"]),
-        "beta2_decay": _number("beta2_decay", group["beta2_decay"]),
-        "eps1": None if eps1 is None else _number("eps1", eps1),
-        "eps2": _number("eps2", eps2),
-        "d": None if group["d"] is None else _number("d", group["d"]),
-        "weight_decay": _number("weight_decay", group["weight_decay"]),
-        "maximize": bool(group["maximize"]),
-        "beta1": None if group["beta1"] is None else _number("beta1", group["beta1"]),
-        "relative_step": bool(group["relative_step"]),
-        "scale_parameter": bool(group["scale_parameter"]),
-        "warmup_init": bool(group["warmup_init"]),
-        "variant": str(group["variant"]),
-        "factored_dims": str(group["factored_dims"]),
-        "min_dim_size_to_factor": int(group["min_dim_size_to_factor"]),
-        "fp32_state": bool(group["fp32_state"]),
-        "stochastic_rounding": bool(group["stochastic_rounding"]),
-        "skip_nan_updates": bool(group["skip_nan_updates"]),
-        "beta2_cap": _number("beta2_cap", group["beta2_cap"]),
-        "decay_offset": group["decay_offset"],
-        "caution": bool(group["caution"]),
-        "weight_decay_mode": group["weight_decay_mode"],
-        "max_lr": None if group["max_lr"] is None else _number("max_lr", group["max_lr"]),
-        "momentum_dtype": _momentum_dtype_name(group["momentum_dtype"]),
-        "momentum_stochastic_rounding": bool(group["momentum_stochastic_rounding"]),
-    }
+    return {o["name"]: _CONVERT[o["type"]](o["name"], _group_value(group, o["name"]))
+            for o in _OPTIONS}
+
+
+def _validate(group: dict) -> None:
+    # With variant="torch", torch.optim.Adafactor's own checks and messages
+    # come first (d >= 1 among them).
+    check = _C.validate_options_as_torch if group["variant"] == "torch" else _C.validate_options
+    check(**_core_options(group))
 
 
 def _check_parameter(p: Tensor) -> None:
@@ -191,11 +199,8 @@ class Adafactor(Optimizer):
 
     Every further option of the core is a keyword argument (``beta1``,
     ``relative_step``, ``scale_parameter``, ``warmup_init``, ``variant``,
-    ``factored_dims``, ``min_dim_size_to_factor``, ``fp32_state``,
-    ``stochastic_rounding``, ``beta2_cap``, ``decay_offset``, ``caution``,
-    ``weight_decay_mode``, ``momentum_dtype``, ...); see docs/python.md.
-    Arguments left at the variant's default take torch's defaults, or with
-    ``variant="big_vision"`` big_vision's (docs/algorithm.md lists them).
+    ``factored_dims``, ...: the group keys of ``_EXTRA_DEFAULTS``); those not
+    given take the default of the chosen ``variant``. See docs/python.md.
     ``foreach`` is accepted for compatibility and ignored: every step is fused.
     """
 
@@ -210,33 +215,17 @@ class Adafactor(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
-        beta1: float | None = _BY_VARIANT,
-        relative_step: bool = _BY_VARIANT,
-        scale_parameter: bool = _BY_VARIANT,
-        warmup_init: bool = False,
-        variant: str = "torch",
-        factored_dims: str = _BY_VARIANT,
-        min_dim_size_to_factor: int = _BY_VARIANT,
-        fp32_state: bool = False,
-        stochastic_rounding: bool = False,
-        skip_nan_updates: bool = False,
-        beta2_cap: float = _BY_VARIANT,
-        decay_offset: int = 0,
-        caution: bool = False,
-        weight_decay_mode: str | None = None,
-        momentum_dtype: torch.dtype | None = _BY_VARIANT,
-        momentum_stochastic_rounding: bool = False,
+        **options,
     ) -> None:
-        given = dict(lr=lr, d=d, beta1=beta1, relative_step=relative_step,
-                     scale_parameter=scale_parameter, factored_dims=factored_dims,
-                     min_dim_size_to_factor=min_dim_size_to_factor, beta2_cap=beta2_cap,
-                     momentum_dtype=momentum_dtype)
-        if any(v is _BY_VARIANT for v in given.values()):
-            base = _C.variant_defaults(variant if isinstance(variant, str) else "")
-            if base["momentum_dtype"] == "bfloat16":
-                base["momentum_dtype"] = torch.bfloat16
-            given = {k: base[k] if v is _BY_VARIANT else v for k, v in given.items()}
-        lr, d, beta1 = given["lr"], given["d"], given["beta1"]
+        for name in options:
+            if name not in _EXTRA_DEFAULTS:
+                raise TypeError(
+                    f"Adafactor.__init__() got an unexpected keyword argument '{name}'")
+        variant_defaults = _defaults_for(options.get("variant", _EXTRA_DEFAULTS["variant"]))
+        if lr is _BY_VARIANT:
+            lr = variant_defaults["lr"]
+        if d is _BY_VARIANT:
+            d = variant_defaults["d"]
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         defaults = {
@@ -247,27 +236,12 @@ class Adafactor(Optimizer):
             "weight_decay": weight_decay,
             "foreach": foreach,
             "maximize": maximize,
-            "beta1": beta1,
-            "relative_step": given["relative_step"],
-            "scale_parameter": given["scale_parameter"],
-            "warmup_init": warmup_init,
-            "variant": variant,
-            "factored_dims": given["factored_dims"],
-            "min_dim_size_to_factor": given["min_dim_size_to_factor"],
-            "fp32_state": fp32_state,
-            "stochastic_rounding": stochastic_rounding,
-            "skip_nan_updates": skip_nan_updates,
-            "beta2_cap": given["beta2_cap"],
-            "decay_offset": decay_offset,
-            "caution": caution,
-            "weight_decay_mode": weight_decay_mode,
-            "max_lr": None,
-            "momentum_dtype": given["momentum_dtype"],
-            "momentum_stochastic_rounding": momentum_stochastic_rounding,
         }
+        for name in _EXTRA_DEFAULTS:
+            defaults[name] = options.get(name, variant_defaults[name])
         # Parameter updates skipped by skip_nan_updates (not in state_dict).
         self.skipped_updates = 0
-        _C.validate_options(**_core_options(defaults))
+        _validate(defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -279,7 +253,7 @@ class Adafactor(Optimizer):
             # Corrected weight decay divides by the lr given here, which
             # schedules overwrite later.
             group["max_lr"] = _number("lr", group["lr"])
-        _C.validate_options(**_core_options(group))
+        _validate(group)
         for p in group["params"]:
             _check_parameter(p)
 
@@ -289,8 +263,10 @@ class Adafactor(Optimizer):
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
-            for key, value in _EXTRA_DEFAULTS.items():
-                group.setdefault(key, value)
+            variant = group.setdefault("variant", _EXTRA_DEFAULTS["variant"])
+            for key, value in _defaults_for(variant).items():
+                if key in _EXTRA_DEFAULTS:
+                    group.setdefault(key, value)
             group["eps"] = tuple(group["eps"])
             for p in group["params"]:
                 p_state = self.state.get(p, {})
@@ -298,8 +274,8 @@ class Adafactor(Optimizer):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
                 # load_state_dict casts state to the parameter's dtype; the
                 # momentum keeps its own.
-                if (_momentum_dtype_name(group["momentum_dtype"]) and "exp_avg" in p_state
-                        and p_state["exp_avg"].dtype != torch.bfloat16):
+                if (_enum_name("momentum_dtype", group["momentum_dtype"]) == "bfloat16"
+                        and "exp_avg" in p_state and p_state["exp_avg"].dtype != torch.bfloat16):
                     p_state["exp_avg"] = p_state["exp_avg"].to(torch.bfloat16)
 
     @torch.no_grad()
@@ -331,6 +307,23 @@ class Adafactor(Optimizer):
             if sharded:
                 _Sharded.step(self, sharded, options)
         return loss
+
+
+def _init_signature():
+    """Adafactor.__init__ as help() and inspect should show it: torch's
+    arguments, then every further option of the table with its default."""
+    import inspect
+
+    sig = inspect.signature(Adafactor.__init__)
+    torch_defaults = _defaults_for("torch")
+    params = [p.replace(default=torch_defaults[p.name]) if p.default is _BY_VARIANT else p
+              for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+               for name, value in _EXTRA_DEFAULTS.items()]
+    return sig.replace(parameters=params)
+
+
+Adafactor.__init__.__signature__ = _init_signature()
 
 
 def from_transformers_state_dict(state_dict: dict) -> dict:

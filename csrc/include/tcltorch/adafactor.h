@@ -14,114 +14,39 @@
 #include <utility>
 #include <vector>
 
+#include "tcltorch/adafactor_options.h"
 #include "tcltorch/export.h"
 
 namespace tcltorch {
 
-// Where eps1 enters and how weight decay is scaled; see docs/algorithm.md.
-enum class AdafactorVariant : std::int8_t {
-  Torch,         // torch.optim.Adafactor: eps1 clamps V, decay scaled by lr
-  Transformers,  // the paper / transformers / fairseq: eps1 added to G^2,
-                 // decay scaled by the per-step lr_t
-  BigVision,     // big_vision / timm's AdafactorBigVision: eps1 added to G^2,
-                 // momentum averages the unscaled clipped update and the
-                 // step size multiplies afterwards
-};
-
-// Which two dimensions of a >= 2-D parameter carry the row/column factors.
-enum class FactoredDims : std::int8_t {
-  LastTwo,     // torch, transformers: dims -2 and -1
-  LargestTwo,  // optax, t5x: the two largest dims (ties: the later ones)
-  LeadingTwo,  // timm: dims 0 and 1 of a > 2-D weight when both pass the
-               // size rule, else the last two
-};
-
-// How weight decay scales with the step size; p *= 1 - c with c below
-// (coupled: c*p joins the gradient instead).
-enum class WeightDecayMode : std::int8_t {
-  Lr,         // c = lr * wd (torch)
-  LrT,        // c = lr_t * wd, the step's own size (transformers)
-  Unscaled,   // c = wd (optax, big_vision, pytorch_optimizer fixed_decay)
-  Corrected,  // c = wd * lr^2 / max_lr (timm corrected_weight_decay)
-  Coupled,    // G += wd * p before everything (L2)
-};
-
 TCLTORCH_API const char* to_string(AdafactorVariant v);
 TCLTORCH_API const char* to_string(FactoredDims f);
-TCLTORCH_API const char* to_string(WeightDecayMode m);
 // Parse the names printed by to_string; throw c10::ValueError otherwise.
 TCLTORCH_API AdafactorVariant parse_variant(const std::string& name);
 TCLTORCH_API FactoredDims parse_factored_dims(const std::string& name);
-TCLTORCH_API WeightDecayMode parse_weight_decay_mode(const std::string& name);
-// "bfloat16" or "none" (the parameter's own dtype, or its state dtype).
-TCLTORCH_API std::optional<c10::ScalarType> parse_momentum_dtype(const std::string& name);
-TCLTORCH_API const char* momentum_dtype_name(std::optional<c10::ScalarType> dtype);
 
 struct TCLTORCH_API AdafactorOptions
     : public torch::optim::OptimizerCloneableOptions<AdafactorOptions> {
+  // Every option at its default for the torch variant (the table's first
+  // column), with this lr.
   AdafactorOptions(double lr = 1e-2);
+  // Every option at its default for `variant`, the variant included.
+  static AdafactorOptions defaults_for(AdafactorVariant variant);
 
-  // Relative step on: the cap of rho_t = min(lr, 1/sqrt(t)); off: rho_t = lr.
-  TORCH_ARG(double, lr) = 1e-2;
-  // 1 - beta2_t = t^beta2_decay; must be <= 0.
-  TORCH_ARG(double, beta2_decay) = -0.8;
-  // Regulariser of the second moment. Unset: finfo(param dtype).eps per
-  // parameter for the torch variant, 1e-30 for the transformers variant.
-  TORCH_ARG(std::optional<double>, eps1) = std::nullopt;
-  // Floor of RMS(param) in the parameter scale.
-  TORCH_ARG(double, eps2) = 1e-3;
-  // Clip threshold on RMS(update); unset: no clipping.
-  TORCH_ARG(std::optional<double>, d) = 1.0;
-  TORCH_ARG(double, weight_decay) = 0.0;
-  TORCH_ARG(bool, maximize) = false;
-  // Momentum on the scaled, clipped update; unset = none (no exp_avg state).
-  TORCH_ARG(std::optional<double>, beta1) = std::nullopt;
-  TORCH_ARG(bool, relative_step) = true;
-  TORCH_ARG(bool, scale_parameter) = true;
-  // With relative_step: the cap of rho_t becomes 1e-6 * t instead of lr.
-  TORCH_ARG(bool, warmup_init) = false;
-  TORCH_ARG(AdafactorVariant, variant) = AdafactorVariant::Torch;
-  TORCH_ARG(FactoredDims, factored_dims) = FactoredDims::LastTwo;
-  // 0: factor every >= 2-D tensor; else only when both factored dims are at
-  // least this size.
-  TORCH_ARG(std::int64_t, min_dim_size_to_factor) = 0;
-  // bf16/fp16 parameters: keep the state in fp32 (it follows the gradient
-  // dtype otherwise, as in torch.optim.Adafactor).
-  TORCH_ARG(bool, fp32_state) = false;
-  // bf16 parameters: round the fp32 result back stochastically.
-  TORCH_ARG(bool, stochastic_rounding) = false;
-  // A gradient with an infinite or NaN element leaves the parameter and its
-  // state (step count included) untouched; the optimizer counts the skip.
-  // Off: non-finite values flow into the update, as in torch.optim.Adafactor.
-  TORCH_ARG(bool, skip_nan_updates) = false;
-  // beta2_t = min(1 - t^beta2_decay, beta2_cap); 1: no cap.
-  TORCH_ARG(double, beta2_cap) = 1.0;
-  // The second-moment schedule counts steps from here on: t becomes
-  // max(t - decay_offset, 1) in beta2_t (fine-tuning restarts).
-  TORCH_ARG(std::int64_t, decay_offset) = 0;
-  // With beta1: the cautious-optimizer mask (update zeroed where its sign
-  // disagrees with the gradient, rescaled by the kept fraction).
-  TORCH_ARG(bool, caution) = false;
-  // Unset: lr for the torch and big_vision variants, lr_t for transformers.
-  TORCH_ARG(std::optional<WeightDecayMode>, weight_decay_mode) = std::nullopt;
-  // The lr of the corrected weight decay; unset: the lr at construction
-  // (Adafactor remembers it; adafactor_step alone uses the current lr).
-  TORCH_ARG(std::optional<double>, max_lr) = std::nullopt;
-  // exp_avg's dtype; unset: the state dtype. bfloat16: stored rounded to
-  // nearest, as torch ops round (stochastically with momentum_stochastic_rounding).
-  TORCH_ARG(std::optional<c10::ScalarType>, momentum_dtype) = std::nullopt;
-  TORCH_ARG(bool, momentum_stochastic_rounding) = false;
+  // One field and setter per row of the table in tcltorch/adafactor_options.h,
+  // which documents each.
+#define TCLTORCH_ADAFACTOR_OPTION_FIELD(ctype, field, ...) TORCH_ARG(ctype, field){};
+  TCLTORCH_ADAFACTOR_OPTIONS(TCLTORCH_ADAFACTOR_OPTION_FIELD)
+#undef TCLTORCH_ADAFACTOR_OPTION_FIELD
 
  public:
-  // The options a variant starts from: torch's and transformers' are the
-  // struct's defaults; big_vision's are lr 1, no relative step or parameter
-  // scale, beta1 0.9 in bfloat16, beta2_cap 0.999, no clipping, the two
-  // largest dims factored from size 16 (timm's AdafactorBigVision).
-  static AdafactorOptions for_variant(AdafactorVariant variant);
-  WeightDecayMode effective_weight_decay_mode() const;
   // Throws c10::ValueError naming the first invalid option, its value and
   // the allowed range.
   void validate() const;
+  // torch.optim.Adafactor's own checks, with its messages ("Clipping
+  // threshold d should be >= 1 but is: 0.0"), for the options it has; then
+  // validate(). The Python class runs it for variant="torch".
+  void validate_as_torch() const;
 
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
