@@ -55,7 +55,7 @@ std::string python_repr(double v) {
   return text;
 }
 
-const char* type_name(OptionType type) {
+const char* type_words(OptionType type) {
   switch (type) {
     case OptionType::Double: return "a number";
     case OptionType::OptionalDouble: return "a number or unset";
@@ -67,7 +67,7 @@ const char* type_name(OptionType type) {
 }
 
 [[noreturn]] void wrong_type(const AdafactorOptionInfo& info) {
-  TORCH_CHECK_VALUE(false, info.name, " must be ", type_name(info.type));
+  TORCH_CHECK_VALUE(false, info.name, " must be ", type_words(info.type));
 }
 
 template <typename T>
@@ -335,6 +335,14 @@ Adafactor::Adafactor(
     const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
     AdafactorOptions defaults)
     : Optimizer(param_groups, std::make_unique<AdafactorOptions>(defaults)) {
+  // LibTorch's add_param_group merges a group's own options into the
+  // defaults only for the optimizers it knows, and gives any other one the
+  // defaults: each group gets its options back here.
+  for (std::size_t i = 0; i < param_groups.size(); ++i) {
+    if (param_groups[i].has_options()) {
+      param_groups_[i].set_options(param_groups[i].options().clone());
+    }
+  }
   defaults.validate();
   for (auto& group : param_groups_) {
     auto& options = static_cast<AdafactorOptions&>(group.options());

@@ -26,7 +26,11 @@ TCL_DOOR_FIRST = [
      "a tensor handle, a module handle (all its parameters), or a list of them. Tensors must be "
      "floating-point leaf tensors; duplicates are used once."),
 ]
-TCL_DOOR_LAST: list[tuple[str, str, str]] = []
+TCL_DOOR_LAST = [
+    ("`-groups` *list*", "none",
+     "parameter groups, each a list `{-parameters ... ?option value ...?}` whose options override "
+     "the command's; see [PARAMETER GROUPS](#parameter-groups)."),
+]
 TCL_TYPES = {"double": "double", "optional_double": "double", "bool": "bool", "int": "int",
              "enum": "name"}
 CPP_TYPES = {"double": "double", "optional_double": "std::optional<double>", "bool": "bool",

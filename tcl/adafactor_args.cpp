@@ -1,11 +1,13 @@
 #include "adafactor_args.h"
 
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <string>
+#include <utility>
 
 #include "errors.h"
 
@@ -24,17 +26,15 @@ bool accepts_or_minus_one(double v) {
 }
 
 using Accept = bool (*)(double);
-constexpr Accept kAccepts[] = {
-    accepts<OptionRule::Any>,         accepts<OptionRule::NonNegative>,
-    accepts<OptionRule::Positive>,    accepts<OptionRule::NonPositive>,
-    accepts<OptionRule::UnitIntervalOpen>, accepts<OptionRule::AtLeastOne>,
-};
-constexpr Accept kAcceptsOrMinusOne[] = {
-    accepts_or_minus_one<OptionRule::Any>,         accepts_or_minus_one<OptionRule::NonNegative>,
-    accepts_or_minus_one<OptionRule::Positive>,    accepts_or_minus_one<OptionRule::NonPositive>,
-    accepts_or_minus_one<OptionRule::UnitIntervalOpen>,
-    accepts_or_minus_one<OptionRule::AtLeastOne>,
-};
+template <std::size_t... R>
+constexpr auto accept_table(std::index_sequence<R...>, bool or_minus_one) {
+  return std::array<Accept, sizeof...(R)>{
+      (or_minus_one ? accepts_or_minus_one<static_cast<OptionRule>(R)>
+                    : accepts<static_cast<OptionRule>(R)>)...};
+}
+constexpr auto kAccepts = accept_table(std::make_index_sequence<kOptionRuleCount>(), false);
+constexpr auto kAcceptsOrMinusOne =
+    accept_table(std::make_index_sequence<kOptionRuleCount>(), true);
 
 // Strings the specs point at, made once and never freed (specs are static).
 const char* keep(std::string text) {

@@ -88,10 +88,14 @@ const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
 // door-level arguments are the command's own.
 CommandSpec adafactor_spec(const char* name) {
   return adafactor_command_spec(
-      name, {{.name = "parameters", .required = true, .placeholder = "tensorsOrModule"}});
+      name, {{.name = "parameters", .required = true, .placeholder = "tensorsOrModule"}},
+      {{.name = "groups", .placeholder = "groups", .positional = false}});
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
 const CommandSpec kAdafactorAlias = adafactor_spec("torch::optimizerAdafactor");
+// One element of -groups: its parameters and options overriding the command's.
+const CommandSpec kAdafactorGroup = adafactor_command_spec(
+    "group", {{.name = "parameters", .required = true, .placeholder = "tensorsOrModule"}});
 
 AdafactorOptions options_of(const AdafactorSettings& settings) {
   AdafactorOptions options;
@@ -99,19 +103,92 @@ AdafactorOptions options_of(const AdafactorSettings& settings) {
   return options;
 }
 
+// The parameter groups of -groups, in order, then the command's -parameters
+// that no group names (with the command's options), when there are any.
+int adafactor_groups(Registry& registry, Tcl_Interp* interp, const Args& args,
+                     std::vector<std::pair<std::vector<at::Tensor>, AdafactorOptions>>& out,
+                     AdafactorOptions& command_options) {
+  AdafactorSettings settings;
+  if (adafactor_settings(interp, {&args}, settings) != TCL_OK) return TCL_ERROR;
+  std::vector<at::Tensor> all;
+  if (collect_parameters(registry, interp, args.obj("parameters"), all) != TCL_OK) {
+    return TCL_ERROR;
+  }
+  command_options = options_of(settings);
+  std::unordered_set<const void*> grouped;
+  if (args.has("groups")) {
+    Tcl_Size n = 0;
+    Tcl_Obj** items = nullptr;
+    if (Tcl_ListObjGetElements(nullptr, args.obj("groups"), &n, &items) != TCL_OK) {
+      return bad_value(interp, "groups", args.obj("groups"),
+                       "must be a list of groups, each a list {-parameters ... ?option value ...?}");
+    }
+    for (Tcl_Size k = 0; k < n; ++k) {
+      // An error inside a group says which one; its -errorcode stays.
+      auto in_group = [&](int rc) {
+        if (rc != TCL_OK) {
+          Tcl_Obj* message = Tcl_DuplicateObj(Tcl_GetObjResult(interp));
+          Tcl_AppendPrintfToObj(message, " (group %d of -groups)", static_cast<int>(k + 1));
+          Tcl_SetObjResult(interp, message);
+        }
+        return rc;
+      };
+      Tcl_Size m = 0;
+      Tcl_Obj** words = nullptr;
+      if (Tcl_ListObjGetElements(nullptr, items[k], &m, &words) != TCL_OK) {
+        return bad_value(interp, "groups", items[k], "must be a list {-parameters ... ?option value ...?}");
+      }
+      // parse_args skips objv[0] (the command's name).
+      std::vector<Tcl_Obj*> objv{args.obj("groups")};
+      objv.insert(objv.end(), words, words + m);
+      Args group;
+      if (in_group(parse_args(interp, kAdafactorGroup, static_cast<int>(objv.size()),
+                              objv.data(), group)) != TCL_OK) {
+        return TCL_ERROR;
+      }
+      std::vector<at::Tensor> params;
+      if (in_group(collect_parameters(registry, interp, group.obj("parameters"), params)) != TCL_OK) {
+        return TCL_ERROR;
+      }
+      for (const auto& p : params) {
+        if (!grouped.insert(p.unsafeGetTensorImpl()).second) {
+          return in_group(bad_value(interp, "groups", items[k],
+                                    "a parameter is already in an earlier group"));
+        }
+      }
+      if (in_group(adafactor_settings(interp, {&group, &args}, settings)) != TCL_OK) {
+        return TCL_ERROR;
+      }
+      out.emplace_back(std::move(params), options_of(settings));
+    }
+  }
+  std::vector<at::Tensor> rest;
+  for (const auto& p : all) {
+    if (!grouped.count(p.unsafeGetTensorImpl())) rest.push_back(p);
+  }
+  if (!rest.empty()) out.emplace_back(std::move(rest), command_options);
+  return TCL_OK;
+}
+
 int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
               int objc, Tcl_Obj* const objv[]) {
   Args args;
   if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
-  AdafactorSettings settings;
-  if (adafactor_settings(interp, {&args}, settings) != TCL_OK) return TCL_ERROR;
-  std::vector<at::Tensor> params;
-  if (collect_parameters(registry, interp, args.obj("parameters"), params) != TCL_OK) {
-    return TCL_ERROR;
+  std::vector<std::pair<std::vector<at::Tensor>, AdafactorOptions>> groups;
+  AdafactorOptions defaults;
+  if (adafactor_groups(registry, interp, args, groups, defaults) != TCL_OK) return TCL_ERROR;
+  if (groups.size() == 1) {
+    return optimizer_result(registry, interp, "adafactor",
+                            [params = groups[0].first, options = groups[0].second] {
+                              return std::make_unique<Adafactor>(params, options);
+                            });
   }
-  const AdafactorOptions options = options_of(settings);
-  return optimizer_result(registry, interp, "adafactor", [params, options] {
-    return std::make_unique<Adafactor>(params, options);
+  return optimizer_result(registry, interp, "adafactor", [groups, defaults] {
+    std::vector<torch::optim::OptimizerParamGroup> param_groups;
+    for (const auto& [params, options] : groups) {
+      param_groups.emplace_back(params, std::make_unique<AdafactorOptions>(options));
+    }
+    return std::make_unique<Adafactor>(param_groups, defaults);
   });
 }
 

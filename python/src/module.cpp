@@ -64,6 +64,10 @@ tcltorch::OptionValue option_value(const tcltorch::AdafactorOptionInfo& info,
       }
       return v.cast<std::int64_t>();
     case OptionType::Enum:
+      // None names the choice "none" where there is one (momentum_dtype).
+      if (v.is_none() && info.choices && std::string_view(info.choices[0]) == "none") {
+        return std::string("none");
+      }
       return as_string(n, v);
   }
   return {};
@@ -109,14 +113,11 @@ py::dict options_dict(const AdafactorOptions& o) {
 // The table of options, for the Python door and the docs.
 py::list option_table() {
   using tcltorch::AdafactorVariant;
-  static const char* const kTypes[] = {"double", "optional_double", "bool", "int", "enum"};
-  static const char* const kRules[] = {"any", "non_negative", "positive", "non_positive",
-                                       "unit_interval_open", "at_least_one"};
   py::list rows;
   for (const auto& info : tcltorch::kAdafactorOptionTable) {
     py::dict row;
     row["name"] = info.name;
-    row["type"] = kTypes[static_cast<int>(info.type)];
+    row["type"] = tcltorch::type_name(info.type);
     row["tcl"] = info.tcl;
     py::dict defaults;
     for (std::size_t v = 0; v < tcltorch::kAdafactorVariantCount; ++v) {
@@ -124,7 +125,7 @@ py::list option_table() {
           tcltorch::adafactor_option_default(info, static_cast<AdafactorVariant>(v)));
     }
     row["defaults"] = defaults;
-    row["rule"] = kRules[static_cast<int>(info.rule)];
+    row["rule"] = tcltorch::rule_name(info.rule);
     row["rule_text"] = tcltorch::rule_text(info.rule);
     row["doc"] = info.doc;
     row["none_doc"] = info.none_doc ? py::object(py::str(info.none_doc)) : py::none();

@@ -66,7 +66,21 @@ enum class OptionType : std::int8_t {
   Enum,            // one of `choices`; the C++ field is the enum type
 };
 
-// The range of a number; rule_text completes "must be ...".
+// For tools and the Python door's table.
+constexpr const char* type_name(OptionType type) {
+  switch (type) {
+    case OptionType::Double: return "double";
+    case OptionType::OptionalDouble: return "optional_double";
+    case OptionType::Bool: return "bool";
+    case OptionType::Int: return "int";
+    case OptionType::Enum: return "enum";
+  }
+  return "";
+}
+
+// The range of a number; rule_text completes "must be ...". A new rule is a
+// value here and a case in each of the three functions below; the doors
+// take it from them.
 enum class OptionRule : std::int8_t {
   Any,
   NonNegative,       // >= 0
@@ -74,7 +88,23 @@ enum class OptionRule : std::int8_t {
   NonPositive,       // <= 0
   UnitIntervalOpen,  // in [0, 1)
   AtLeastOne,        // >= 1
+  Count_,            // the number of rules, not a rule
 };
+inline constexpr std::size_t kOptionRuleCount = static_cast<std::size_t>(OptionRule::Count_);
+
+// For tools and the Python door's table.
+constexpr const char* rule_name(OptionRule rule) {
+  switch (rule) {
+    case OptionRule::Any: return "any";
+    case OptionRule::NonNegative: return "non_negative";
+    case OptionRule::Positive: return "positive";
+    case OptionRule::NonPositive: return "non_positive";
+    case OptionRule::UnitIntervalOpen: return "unit_interval_open";
+    case OptionRule::AtLeastOne: return "at_least_one";
+    case OptionRule::Count_: break;
+  }
+  return "";
+}
 
 constexpr bool rule_accepts(OptionRule rule, double v) {
   switch (rule) {
@@ -84,6 +114,7 @@ constexpr bool rule_accepts(OptionRule rule, double v) {
     case OptionRule::NonPositive: return v <= 0;
     case OptionRule::UnitIntervalOpen: return v >= 0 && v < 1;
     case OptionRule::AtLeastOne: return v >= 1;
+    case OptionRule::Count_: break;
   }
   return false;
 }
@@ -96,6 +127,7 @@ constexpr const char* rule_text(OptionRule rule) {
     case OptionRule::NonPositive: return "<= 0";
     case OptionRule::UnitIntervalOpen: return "in [0, 1)";
     case OptionRule::AtLeastOne: return ">= 1";
+    case OptionRule::Count_: break;
   }
   return "";
 }
@@ -136,14 +168,19 @@ struct AdafactorOptionInfo {
 
 // ---------------------------------------------------------------------------
 // THE TABLE. To add an option: add one row here (C++ type, field name, then
-// the descriptor fields above, in their declared order), and use
+// the descriptor fields above, in their declared order; rows may leave out
+// fields that keep their defaults), and use
 // `options.<field>()` in the kernel (csrc/adafactor_step.cpp and the fused
 // kernel). The struct field and setter, validation and its messages,
 // checkpoints (old files without the key keep the default), the Tcl option,
 // the Python keyword and group key and the docs' tables follow; rerun
 // `python scripts/adafactor_option_docs.py` to refresh the docs. An enum
-// needs its C++ enum and a names array as above. A rule between options
-// (e.g. warmup_init needs relative_step) goes in AdafactorOptions::validate().
+// option needs its C++ enum and a names array as above; a new range rule, a
+// value of OptionRule and its cases; a new variant, a value of
+// AdafactorVariant, its name and kAdafactorVariantCount (rows whose default
+// differs under it list it in .defaults). A rule between options (e.g.
+// warmup_init needs relative_step) goes in AdafactorOptions::validate(); a
+// new OptionType needs a conversion in each door.
 //
 // Rows are in the Tcl command's order: its legacy positional options first.
 // ---------------------------------------------------------------------------
@@ -254,7 +291,8 @@ struct AdafactorOptionInfo {
     .choices = kMomentumDtypeNames)                                                         \
   X(bool, momentum_stochastic_rounding, .type = OptionType::Bool,                           \
     .tcl = "momentumStochasticRounding", .defaults = {"false"},                             \
-    .doc = "round the bfloat16 momentum stochastically instead")
+    .doc = "round the bfloat16 momentum stochastically instead")                           \
+  /* every row ends with a backslash: a new row goes above this line */
 
 #define TCLTORCH_ADAFACTOR_OPTION_INFO(ctype, field, ...) \
   AdafactorOptionInfo{.name = #field, __VA_ARGS__},
