@@ -261,10 +261,17 @@ void AdafactorOptions::serialize(torch::serialize::InputArchive& archive) {
   // written by another optimizer.
   TORCH_CHECK(archive.try_read("variant", marker),
               "not an Adafactor checkpoint (its options have no \"variant\")");
-  // A key the file lacks (it predates the option) keeps this object's value.
+  // A key the file lacks (it predates the option) keeps this object's value,
+  // or, where the default depends on the variant, takes the file's variant's.
+  const AdafactorVariant variant = parse_variant(marker.toStringRef());
   for (const auto& info : kAdafactorOptionTable) {
     c10::IValue ivalue;
-    if (!archive.try_read(info.name, ivalue)) continue;
+    if (!archive.try_read(info.name, ivalue)) {
+      if (variant != AdafactorVariant::Torch && info.defaults[static_cast<int>(variant)]) {
+        set_adafactor_option(*this, info, adafactor_option_default(info, variant));
+      }
+      continue;
+    }
     OptionValue value;
     if (ivalue.isNone()) {
       value = std::monostate{};
@@ -338,7 +345,14 @@ Adafactor::Adafactor(
   }
   defaults.validate();
   for (auto& group : param_groups_) {
-    static_cast<AdafactorOptions&>(group.options()).validate();
+    auto& options = static_cast<AdafactorOptions&>(group.options());
+    options.validate();
+    // Corrected weight decay divides by the lr given here, which schedules
+    // overwrite later.
+    if (options.weight_decay_mode() == WeightDecayMode::Corrected && !options.max_lr() &&
+        options.lr() > 0) {
+      options.max_lr(options.lr());
+    }
   }
 }
 

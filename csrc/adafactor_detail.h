@@ -22,7 +22,17 @@ struct StepNumbers {
   double t;     // this step's count, already incremented
   double eps1;  // resolved per parameter
   double rho;   // relative (or absolute) step size before parameter scaling
+  // The second-moment schedule after decay_offset and beta2_cap: beta2_t,
+  // and the lerp weight 1 - beta2_t (for torch's variant exactly t^decay
+  // when the cap does not bite, as torch computes it).
+  double beta2;
+  double lerp_weight;
 };
+
+// The first option (by name) of `options` that the fused kernel does not
+// handle yet, or nullptr; with one of them set, the step takes the ATen-op
+// path (and a sharded step, which needs the kernel, is refused).
+const char* fused_unsupported(const AdafactorOptions& options, c10::ScalarType param_dtype);
 
 // True when the fused CPU kernel can run this step (CPU, float/double/bf16,
 // contiguous tensors of the expected dtypes) and is enabled.

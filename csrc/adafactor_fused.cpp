@@ -129,7 +129,7 @@ bool prepare_range(const Job& job, AdafactorParamState& state,
   auto advance = [&](S* stat, std::int64_t idx, double sum, std::int64_t count) {
     const T mean = static_cast<T>(sum) / static_cast<T>(count);
     const T old = get<T>(stat, idx);
-    put<T>(stat, idx, job.torch_variant ? lerp(old, mean, w) : old * b2 + mean * ob2);
+    put<T>(stat, idx, job.stats_lerp ? lerp(old, mean, w) : old * b2 + mean * ob2);
   };
   const std::int64_t rows_per_o = job.n * job.K * job.L, cols_per_o = job.K * job.m * job.L;
   for (std::int64_t r = o0 * rows_per_o; r < o1 * rows_per_o; ++r) {
@@ -347,6 +347,19 @@ std::uint64_t rounding_seed() {
 
 }  // namespace
 
+// Options whose arithmetic the loops do not have: the ATen-op path computes
+// them (docs/algorithm.md lists them).
+const char* fused_unsupported(const AdafactorOptions& options, c10::ScalarType param_dtype) {
+  // The coupled gradient G + wd * p is formed in the compute type (float
+  // for bf16 parameters), which the loops would have to read for G.
+  if (options.weight_decay() != 0 &&
+      options.weight_decay_mode() == WeightDecayMode::Coupled &&
+      param_dtype == at::kBFloat16) {
+    return "weight_decay_mode=\"coupled\" with bfloat16 parameters";
+  }
+  return nullptr;
+}
+
 void set_fused_enabled(bool enabled) { g_fused_enabled.store(enabled); }
 bool fused_enabled() { return g_fused_enabled.load(); }
 std::string fused_cpu_capability() {
@@ -365,7 +378,9 @@ bool fused_step_applies(const at::Tensor& param, const at::Tensor& grad,
            : !usable(state.variance(), sd)) {
     return false;
   }
-  return !state.exp_avg().defined() || usable(state.exp_avg(), sd);
+  // exp_avg: the state dtype, or bf16 (momentum_dtype).
+  return !state.exp_avg().defined() || usable(state.exp_avg(), sd) ||
+         usable(state.exp_avg(), at::kBFloat16);
 }
 
 void fused_step(const at::Tensor& param, const at::Tensor& grad,
@@ -378,19 +393,34 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   job.state_dtype = *dtype_of(state_scalar);
   job.numel = param.numel();
   job.torch_variant = options.variant() == AdafactorVariant::Torch;
+  job.big_vision = options.variant() == AdafactorVariant::BigVision;
+  job.stats_lerp = job.torch_variant || job.big_vision;
   job.maximize = options.maximize();
   job.momentum = options.beta1().has_value();
+  job.momentum_bf16 = job.momentum && state.exp_avg().defined() &&
+                      state.exp_avg().scalar_type() == at::kBFloat16 &&
+                      (options.momentum_dtype() == MomentumDtype::BFloat16 || state_scalar != at::kBFloat16);
+  job.momentum_sr = job.momentum_bf16 && options.momentum_stochastic_rounding();
+  job.caution = job.momentum && options.caution();
   job.beta1 = options.beta1().value_or(0.0);
   job.eps1 = numbers.eps1;
-  job.lerp_weight = std::pow(numbers.t, options.beta2_decay());
-  job.beta2 = 1.0 - std::pow(numbers.t, options.beta2_decay());
+  job.lerp_weight = numbers.lerp_weight;
+  job.beta2 = numbers.beta2;
   job.weight_decay = options.weight_decay() != 0;
-  job.decay_mult = 1 - options.lr() * options.weight_decay();
   job.stochastic_rounding =
       options.stochastic_rounding() && param.scalar_type() == at::kBFloat16;
   if (job.stochastic_rounding) job.seed = rounding_seed();
+  if (job.momentum_sr) job.momentum_seed = rounding_seed();
   job.param = param.data_ptr();
   job.grad = grad.data_ptr();
+  // Coupled decay: the loops read G + wd * p (signed) as the gradient.
+  at::Tensor coupled;
+  if (options.weight_decay() != 0 &&
+      options.weight_decay_mode() == WeightDecayMode::Coupled) {
+    coupled = (options.maximize() ? grad.neg() : grad).add(param, options.weight_decay());
+    job.grad = coupled.data_ptr();
+    job.maximize = false;
+  }
   job.exp_avg = state.exp_avg().defined() ? state.exp_avg().data_ptr() : nullptr;
 
   Scratch scratch;
@@ -425,10 +455,46 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   const double param_rms = std::sqrt(param_sq_total) / root_n;
   const double scale = options.scale_parameter() ? std::max(options.eps2(), param_rms) : 1.0;
   job.alpha = numbers.rho * scale;
-  job.denom = std::max(1.0, std::sqrt(update_sq_total) / (root_n * options.d()));
-  job.decay_coef = -options.weight_decay() * job.alpha;
+  job.denom = options.d()
+                  ? std::max(1.0, std::sqrt(update_sq_total) / (root_n * *options.d()))
+                  : 1.0;
+  // Decoupled decay p *= 1 - c (torch's form) or p += p * -c (transformers').
+  const double wd = options.weight_decay(), lr = options.lr();
+  double c = 0;
+  switch (options.weight_decay_mode()) {
+    case WeightDecayMode::Lr: c = lr * wd; break;
+    case WeightDecayMode::LrT: c = wd * job.alpha; break;
+    case WeightDecayMode::Unscaled: c = wd; break;
+    case WeightDecayMode::Corrected: c = lr == 0 ? 0 : lr * lr / options.max_lr().value_or(lr) * wd; break;
+    case WeightDecayMode::Coupled: c = 0; break;  // not here (fused_unsupported)
+  }
+  job.weight_decay = c != 0;
+  job.decay_mult = 1 - c;
+  job.decay_coef = -c;
 
+  std::vector<std::int64_t> caution_counts;
+  if (job.caution) {
+    caution_counts.assign(std::max<std::int64_t>(job.blocks, 1), 0);
+    job.caution_count = caution_counts.data();
+  }
   run_pass(job, last);
+  if (job.caution) {
+    // The kept fraction over the whole parameter, then the masked momentum,
+    // with the scale rounded as torch computes it: 1 / max(mean(mask), 1e-3)
+    // in the compute type.
+    double kept = 0;
+    for (auto c : caution_counts) kept += static_cast<double>(c);
+    if (reduce) (*reduce)(&kept, 1);
+    if (job.param_dtype == Dtype::F64) {
+      job.caution_scale = 1.0 / std::max(kept / numel_total, 1e-3);
+    } else {
+      const float mean = static_cast<float>(kept) / static_cast<float>(numel_total);
+      job.caution_scale = 1.0f / std::max(mean, static_cast<float>(1e-3));
+    }
+    job.block_size = 16384;
+    job.blocks = (job.numel + job.block_size - 1) / job.block_size;
+    run_pass(job, Pass::C2);
+  }
   param.unsafeGetTensorImpl()->bump_version();
   if (job.exp_avg) state.exp_avg().unsafeGetTensorImpl()->bump_version();
 }

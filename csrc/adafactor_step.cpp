@@ -90,6 +90,12 @@ struct Working {
   }
 };
 
+at::TensorOptions momentum_options(const at::Tensor& param, const AdafactorOptions& options) {
+  return param.options().dtype(options.momentum_dtype() == MomentumDtype::BFloat16
+                                   ? at::kBFloat16
+                                   : state_dtype(param.scalar_type(), options));
+}
+
 void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
                         AdafactorParamState& state, const AdafactorOptions& options,
                         const detail::Dims& dims, const detail::StepNumbers& numbers);
@@ -101,6 +107,13 @@ std::optional<std::pair<std::int64_t, std::int64_t>> adafactor_factored_dims(
   const auto n = static_cast<std::int64_t>(sizes.size());
   if (n < 2) return std::nullopt;
   std::int64_t a = n - 2, b = n - 1;
+  const auto min_size = options.min_dim_size_to_factor();
+  auto passes = [&](std::int64_t i, std::int64_t j) {
+    return min_size <= 0 || (sizes[i] >= min_size && sizes[j] >= min_size);
+  };
+  if (options.factored_dims() == FactoredDims::LeadingTwo && n > 2 && passes(0, 1)) {
+    return std::make_pair(std::int64_t{0}, std::int64_t{1});
+  }
   if (options.factored_dims() == FactoredDims::LargestTwo) {
     std::vector<std::int64_t> order(n);
     std::iota(order.begin(), order.end(), 0);
@@ -110,10 +123,7 @@ std::optional<std::pair<std::int64_t, std::int64_t>> adafactor_factored_dims(
     a = std::min(order[n - 2], order[n - 1]);
     b = std::max(order[n - 2], order[n - 1]);
   }
-  const auto min_size = options.min_dim_size_to_factor();
-  if (min_size > 0 && (sizes[a] < min_size || sizes[b] < min_size)) {
-    return std::nullopt;
-  }
+  if (!passes(a, b)) return std::nullopt;
   return std::make_pair(a, b);
 }
 
@@ -148,7 +158,7 @@ void adafactor_init_state(const torch::Tensor& param,
   } else {
     state.variance(at::zeros(param.sizes(), opts));
   }
-  if (options.beta1()) state.exp_avg(at::zeros(param.sizes(), opts));
+  if (options.beta1()) state.exp_avg(at::zeros(param.sizes(), momentum_options(param, options)));
 }
 
 void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState& state,
@@ -203,8 +213,7 @@ bool adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
   adafactor_check_state(param, state, options, shard);
   if (options.beta1() && !state.exp_avg().defined()) {
     // beta1 was turned on after the state was created.
-    state.exp_avg(at::zeros(param.sizes(),
-                            param.options().dtype(state_dtype(param.scalar_type(), options))));
+    state.exp_avg(at::zeros(param.sizes(), momentum_options(param, options)));
   }
 
   if (options.skip_nan_updates() && !all_finite(grad, shard)) return false;
@@ -223,13 +232,25 @@ bool adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
     const double cap = options.warmup_init() ? 1e-6 * t : options.lr();
     numbers.rho = std::min(cap, 1.0 / std::sqrt(t));
   }
+  // The second-moment schedule: beta2_t = min(1 - s^beta2_decay, cap) with
+  // s = max(t - decay_offset, 1).
+  const double s = options.decay_offset() > 0
+                       ? std::max(t - static_cast<double>(options.decay_offset()), 1.0)
+                       : t;
+  const double power = std::pow(s, options.beta2_decay());
+  const bool capped = options.beta2_cap().has_value();
+  numbers.beta2 = capped ? std::min(*options.beta2_cap(), 1.0 - power) : 1.0 - power;
+  numbers.lerp_weight = torch_variant && !capped ? power : 1.0 - numbers.beta2;
+  const char* unsupported = detail::fused_unsupported(options, param.scalar_type());
   if (shard) {
     TORCH_CHECK(shard->all_reduce_sum, "a sharded Adafactor step needs a reducer");
+    TORCH_CHECK(!unsupported, "a sharded Adafactor step does not support ", unsupported,
+                " yet (it runs on the fused CPU kernel only)");
     TORCH_CHECK(detail::fused_step_applies(param, grad, state, dims),
                 "a sharded Adafactor step runs on the fused CPU kernel only: float32, "
                 "float64 or bfloat16 CPU tensors, contiguous");
     detail::fused_step(param, grad, state, options, dims, numbers, shard);
-  } else if (detail::fused_step_applies(param, grad, state, dims)) {
+  } else if (!unsupported && detail::fused_step_applies(param, grad, state, dims)) {
     detail::fused_step(param, grad, state, options, dims, numbers);
   } else {
     step_with_aten_ops(param, grad, state, options, dims, numbers);
@@ -239,27 +260,45 @@ bool adafactor_step(const torch::Tensor& param, const torch::Tensor& grad,
 
 namespace {
 
-// The same step as the fused kernel, in ATen ops: for other devices, dtypes
-// and layouts. Its temporaries are the size of the parameter.
+// The same step as the fused kernel, in ATen ops: for other devices, dtypes,
+// layouts, and the options the kernel does not handle yet. Its temporaries
+// are the size of the parameter.
 void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
                         AdafactorParamState& state, const AdafactorOptions& options,
                         const detail::Dims& dims, const detail::StepNumbers& numbers) {
-  const double t = numbers.t;
   const double eps1 = numbers.eps1;
   const double rho = numbers.rho;
-  const bool torch_variant = options.variant() == AdafactorVariant::Torch;
+  const auto variant = options.variant();
+  const bool torch_variant = variant == AdafactorVariant::Torch;
+  const bool big_vision = variant == AdafactorVariant::BigVision;
+  const auto mode = options.weight_decay_mode();
+  const double wd = options.weight_decay();
   const auto cdt = compute_dtype(param.scalar_type());
   at::Tensor p = param.scalar_type() == cdt ? param : param.to(cdt);
   at::Tensor g = grad.to(cdt);
   if (options.maximize()) g = g.neg();
+  // Coupled (L2) decay is part of the gradient from here on.
+  if (mode == WeightDecayMode::Coupled && wd != 0) g = g.add(p, wd);
 
   const double scale =
       options.scale_parameter() ? std::max(options.eps2(), rms(p)) : 1.0;
   const double alpha = rho * scale;  // the paper's lr_t
-
-  if (torch_variant && options.weight_decay() != 0) {
-    p.mul_(1 - options.lr() * options.weight_decay());
+  // Decoupled decay: p *= 1 - decay.
+  double decay = 0;
+  switch (mode) {
+    case WeightDecayMode::Lr: decay = options.lr() * wd; break;
+    case WeightDecayMode::LrT: decay = wd * alpha; break;
+    case WeightDecayMode::Unscaled: decay = wd; break;
+    case WeightDecayMode::Corrected: {
+      const double lr = options.lr();
+      decay = lr * lr / options.max_lr().value_or(lr) * wd;
+      if (lr == 0) decay = 0;
+      break;
+    }
+    case WeightDecayMode::Coupled: decay = 0; break;
   }
+
+  if (torch_variant && decay != 0) p.mul_(1 - decay);
 
   at::Tensor update;  // G / sqrt(V), before clipping
   if (dims) {
@@ -268,7 +307,7 @@ void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
     at::Tensor v;
     if (torch_variant) {
       // mean(G^2) along a dim without a G-sized temporary, as torch does.
-      const double w = std::pow(t, options.beta2_decay());
+      const double w = numbers.lerp_weight;
       row.value.lerp_(at::norm(g, 2, {b}, true).square_().div_(g.size(b)), w);
       col.value.lerp_(at::norm(g, 2, {a}, true).square_().div_(g.size(a)), w);
       row.commit();
@@ -277,10 +316,15 @@ void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
       v.div_(row.value.mean({a}, true).clamp_(eps1));
       update = v.clamp_(eps1 * eps1).rsqrt_().mul_(g);
     } else {
-      const double beta2 = 1.0 - std::pow(t, options.beta2_decay());
+      const double beta2 = numbers.beta2;
       const at::Tensor q = g.square().add_(eps1);
-      row.value.mul_(beta2).add_(q.mean({b}, true), 1.0 - beta2);
-      col.value.mul_(beta2).add_(q.mean({a}, true), 1.0 - beta2);
+      if (big_vision) {
+        row.value.lerp_(q.mean({b}, true), numbers.lerp_weight);
+        col.value.lerp_(q.mean({a}, true), numbers.lerp_weight);
+      } else {
+        row.value.mul_(beta2).add_(q.mean({b}, true), 1.0 - beta2);
+        col.value.mul_(beta2).add_(q.mean({a}, true), 1.0 - beta2);
+      }
       row.commit();
       col.commit();
       auto r_factor = row.value.div(row.value.mean({a}, true)).rsqrt_();
@@ -289,35 +333,66 @@ void step_with_aten_ops(const at::Tensor& param, const at::Tensor& grad,
   } else {
     Working var(state.variance(), cdt);
     if (torch_variant) {
-      const double w = std::pow(t, options.beta2_decay());
-      var.value.lerp_(g * g, w);
+      var.value.lerp_(g * g, numbers.lerp_weight);
       var.commit();
       update = var.value.clone().clamp_(eps1 * eps1).rsqrt_().mul_(g);
     } else {
-      const double beta2 = 1.0 - std::pow(t, options.beta2_decay());
-      var.value.mul_(beta2).add_(g.square().add_(eps1), 1.0 - beta2);
+      const double beta2 = numbers.beta2;
+      if (big_vision) {
+        var.value.lerp_(g.square().add_(eps1), numbers.lerp_weight);
+      } else {
+        var.value.mul_(beta2).add_(g.square().add_(eps1), 1.0 - beta2);
+      }
       var.commit();
       update = var.value.rsqrt().mul_(g);
     }
   }
 
-  const double denom = std::max(1.0, rms(update) / options.d());
-  if (torch_variant && !options.beta1()) {
+  const double denom =
+      options.d() ? std::max(1.0, rms(update) / *options.d()) : 1.0;
+  const bool momentum = options.beta1().has_value();
+  if (torch_variant && !momentum) {
     p.add_(update, -alpha / denom);
   } else {
     if (torch_variant) {
       update.mul_(alpha / denom);
     } else {
-      update.div_(denom).mul_(alpha);
+      update.div_(denom);
+      if (!big_vision) update.mul_(alpha);
     }
-    if (options.beta1()) {
-      Working m(state.exp_avg(), cdt);
-      m.value.mul_(*options.beta1()).add_(update, 1.0 - *options.beta1());
-      m.commit();
-      update = m.value;
+    if (momentum) {
+      const double beta1 = *options.beta1();
+      if (options.momentum_dtype() == MomentumDtype::BFloat16) {
+        // As the anchors' torch ops do it: the update rounded to the
+        // momentum's dtype, lerp in its compute type, rounded back.
+        at::Tensor& m = state.exp_avg();
+        if (options.momentum_stochastic_rounding() && m.scalar_type() == at::kBFloat16) {
+          auto mf = m.to(at::kFloat);
+          mf.lerp_(update.to(m.scalar_type()).to(at::kFloat), 1.0 - beta1);
+          m.copy_(stochastic_round_to_bf16(mf));
+        } else {
+          m.lerp_(update.to(m.scalar_type()), 1.0 - beta1);
+        }
+        update = m.to(cdt);
+      } else {
+        Working m(state.exp_avg(), cdt);
+        m.value.mul_(beta1).add_(update, 1.0 - beta1);
+        m.commit();
+        update = m.value;
+      }
+      if (options.caution()) {
+        auto mask = at::gt(update * g, 0).to(cdt);
+        mask.div_(mask.mean().clamp_(1e-3));
+        update = update * mask;
+      }
     }
-    if (!torch_variant && options.weight_decay() != 0) {
-      p.add_(p, -options.weight_decay() * alpha);
+    if (big_vision) update = update * alpha;
+    if (!torch_variant && decay != 0) {
+      if (big_vision) {
+        p.mul_(1 - decay);
+      } else {
+        p.add_(p, -decay);
+      }
     }
     p.sub_(update);
   }

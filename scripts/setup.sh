@@ -81,6 +81,10 @@ if [ "$WITH_TEST" = 1 ]; then
   # For the benchmark smoke test's timm row (without torchvision: see
   # benchmarks/requirements.txt).
   pip_install --no-deps timm
+  # The other Adafactors the parity tests run beside ours (tests/test_anchor_parity.py):
+  # pytorch_optimizer without its dependencies (it needs only torch), optax on CPU jax.
+  pip_install --no-deps pytorch_optimizer
+  pip_install optax "jax[cpu]"
 fi
 
 # 3. tcltorch, built against the torch just installed (no build isolation:

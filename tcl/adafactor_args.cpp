@@ -172,7 +172,11 @@ int adafactor_settings(Tcl_Interp* interp, const std::vector<const Args*>& layer
     OptionValue value;
     if (const Args* a = giver(layers, info.tcl)) {
       value = from_args(info, *a);
-    } else if (info.tcl_default) {
+    } else if (info.tcl_default &&
+               !(variant != AdafactorVariant::Torch &&
+                 info.defaults[static_cast<std::size_t>(variant)])) {
+      // The command's own default, unless the variant has one of its own
+      // (big_vision's lr).
       value = tcl_default_of(info);
     } else {
       value = adafactor_option_default(info, variant);

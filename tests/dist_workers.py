@@ -230,6 +230,31 @@ def fsdp2(rank: int, world: int, port: int, out_dir: str) -> None:
     finish()
 
 
+# The options of the other Adafactors under FSDP2: big_vision's order, caution
+# (its kept fraction spans the shards), coupled decay, a beta2 cap and a
+# schedule restart; float64 momentum, so that the runs agree to rounding.
+FSDP2_NEW_OPTIONS = {"variant": "big_vision", "lr": 0.05, "momentum_dtype": None,
+                     "caution": True, "weight_decay": 0.1, "weight_decay_mode": "coupled",
+                     "beta2_cap": 0.9, "decay_offset": 1, "d": 1.0,
+                     "min_dim_size_to_factor": 0}
+
+
+def fsdp2_new_options(rank: int, world: int, port: int, out_dir: str) -> None:
+    init(rank, world, port)
+    data = fsdp2_batches(STEPS)
+    model = shard_model(make_fsdp_model())
+    opt = tcltorch.Adafactor(model.parameters(), **FSDP2_NEW_OPTIONS)
+    train_steps(model, opt, data, rank, world)
+    full = [p.full_tensor() for p in model.parameters()]
+    if rank == 0:
+        single = make_fsdp_model()
+        ref = tcltorch.Adafactor(single.parameters(), **FSDP2_NEW_OPTIONS)
+        train_steps(single, ref, data)
+        torch.save({"fsdp2": full, "single": [p.detach() for p in single.parameters()]},
+                   Path(out_dir) / "result.pt")
+    finish()
+
+
 def make_conv_model(seed: int = 0) -> torch.nn.Module:
     # Conv weights [3, 2, 3, 3] and [1, 3, 3, 3] split over 2 ranks along the
     # output channels: 2+1 and 1+0 (an empty shard). Their 3x3 kernels are

@@ -92,6 +92,13 @@ def test_fsdp2_matches_single_process_where_stock_adafactor_does_not(tmp_path):
         assert diverged > 1e-6
 
 
+def test_fsdp2_new_options_match_single_process(tmp_path):
+    run_ranks(dist_workers.fsdp2_new_options, tmp_path)
+    result = torch.load(tmp_path / "result.pt", weights_only=False)
+    for a, b in zip(result["fsdp2"], result["single"]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_fsdp2_conv_weights_match_single_process(tmp_path):
     # Conv kernels are small factored matrices, one per (out, in) pair: the
     # shards hold whole ones (2+1 and 1+0 output channels), and only the

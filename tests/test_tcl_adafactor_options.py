@@ -30,7 +30,11 @@ OPTIONS = [
     ("epsScale", "eps_scale"), ("maximize", None), ("variant", None),
     ("factoredDims", "factored_dims"), ("minDimSizeToFactor", "min_dim_size_to_factor"),
     ("fp32State", "fp32_state"), ("stochasticRounding", "stochastic_rounding"),
-    ("skipNonFinite", "skip_non_finite"),
+    ("skipNonFinite", "skip_non_finite"), ("beta2Cap", "beta2_cap"),
+    ("decayOffset", "decay_offset"), ("caution", None),
+    ("weightDecayMode", "weight_decay_mode"),
+    ("maxLr", "max_lr"), ("momentumDtype", "momentum_dtype"),
+    ("momentumStochasticRounding", "momentum_stochastic_rounding"),
 ]
 # Options of the command that are not the optimizer's numbers: -shardState
 # (a process group's ZeRO-1, tests/test_tcl_distributed.py).
@@ -162,6 +166,28 @@ CASES = [
     ("-stochasticRounding 1", dict(stochastic_rounding=True), "bfloat16", True),
     # Finite gradients: skipping never triggers (tests/test_nonfinite.py has the rest).
     ("-skipNonFinite 1", dict(skip_nan_updates=True), "float32", False),
+    ("-clipThreshold -1", dict(d=None), "float32", True),
+    ("-beta2Cap 0.5", dict(beta2_cap=0.5), "float32", True),
+    ("-beta2Cap -1", dict(beta2_cap=None), "float32", False),
+    ("-decayOffset 2", dict(decay_offset=2), "float32", True),
+    ("-caution 1 -beta1 0.9", dict(caution=True, beta1=0.9), "float32", True),
+    ("-caution 1", dict(caution=True), "float32", False),  # without momentum: nothing
+    ("-weightDecayMode unscaled -weightDecay 0.2",
+     dict(weight_decay_mode="unscaled", weight_decay=0.2), "float32", True),
+    ("-weightDecayMode coupled -weightDecay 0.2",
+     dict(weight_decay_mode="coupled", weight_decay=0.2), "float32", True),
+    ("-weightDecayMode corrected -weightDecay 0.2 -maxLr 1.6",
+     dict(weight_decay_mode="corrected", weight_decay=0.2, max_lr=1.6), "float32", True),
+    ("-momentumDtype bfloat16 -beta1 0.9", dict(momentum_dtype="bfloat16", beta1=0.9),
+     "float32", True),
+    ("-momentumStochasticRounding 1 -momentumDtype bfloat16 -beta1 0.9",
+     dict(momentum_stochastic_rounding=True, momentum_dtype="bfloat16", beta1=0.9),
+     "float32", True),
+    ("-variant big_vision -lr 0.05", dict(variant="big_vision", lr=0.05), "float32", True),
+    ("-variant big_vision -lr 0.05 -beta1 -1 -momentumDtype none -clipThreshold 1",
+     dict(variant="big_vision", lr=0.05, beta1=None, momentum_dtype="none", d=1.0),
+     "float32", True),
+    ("-factoredDims leading_two", dict(factored_dims="leading_two"), "float32", True),
     ("-fp32State yes -stochasticRounding on",
      dict(fp32_state=True, stochastic_rounding=True), "bfloat16", True),
     # everything at once
@@ -232,7 +258,12 @@ VALUES = {
     "beta1": "0.9", "weightDecay": "0.2", "relativeStep": "0", "scaleParameter": "0",
     "warmupInit": "1", "epsScale": "5.0", "maximize": "1", "variant": "torch",
     "factoredDims": "largest_two", "minDimSizeToFactor": "6", "fp32State": "1",
-    "stochasticRounding": "1", "skipNonFinite": "1",
+    "stochasticRounding": "1", "skipNonFinite": "1", "beta2Cap": "0.5", "decayOffset": "2",
+    # options that act with momentum only bring it along
+    "caution": "1 -beta1 0.9", "weightDecayMode": "unscaled -weightDecay 0.2",
+    "momentumDtype": "bfloat16 -beta1 0.9",
+    "momentumStochasticRounding": "1 -momentumDtype bfloat16 -beta1 0.9",
+    "maxLr": "1.6 -weightDecayMode corrected -weightDecay 0.2",
 }
 BF16_OPTIONS = {"fp32State", "stochasticRounding"}
 
@@ -249,7 +280,12 @@ def test_snake_case_and_prefix_spellings_give_the_same_bits(tcl, camel, snake):
     spellings = {camel, unique_prefix(camel)}
     if snake:
         # and a prefix that only the snake_case spelling has: "clip_t", "min_d", ...
-        spellings |= {snake, unique_prefix(snake), snake[:snake.index("_") + 2]}
+        spellings |= {snake, unique_prefix(snake)}
+        short = snake[:snake.index("_") + 2]
+        # (where no other option's spelling starts so: "weight_d" does not qualify)
+        if not any(s.startswith(short) for pair in OPTIONS if snake not in pair
+                   for s in pair if s):
+            spellings.add(short)
     for s in sorted(spellings):
         got = run_tcl(tcl, f"-{s} {value}", params0, grads)
         assert all_equal(got, reference), s

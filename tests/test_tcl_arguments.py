@@ -36,7 +36,9 @@ SAME_CALLS = [
     "-clipThreshold 0.9 -decayRate 0.7 -beta1 0.8 -weightDecay 0.05",
     "torch::optimizer_adafactor -parameters $params -lr 0.5 -eps2 1e-20 "
     "-clip_threshold 0.9 -decay_rate 0.7 -beta1 0.8 -weight_decay 0.05",
-    "torch::optimizer_adafactor -weightD 0.05 -b 0.8 -decayR 0.7 -cl 0.9 -eps2 1e-20 "
+    # (-weightDecay and -beta1 are also the beginnings of -weightDecayMode and
+    # -beta2Cap: an exact name wins)
+    "torch::optimizer_adafactor -weightDecay 0.05 -beta1 0.8 -decayR 0.7 -cl 0.9 -eps2 1e-20 "
     "-l 0.5 -p $params",
 ]
 
@@ -87,7 +89,7 @@ BAD_CALLS = [
     ("torch::optimizer_adafactor -parameters $t -lr fast",
      ("TORCH", "VALUE", "-lr", "fast"), 'bad value "fast" for -lr: must be a floating-point number'),
     ("torch::optimizer_adafactor -parameters $t -clipThreshold 0",
-     ("TORCH", "VALUE", "-clipThreshold", "0"), "must be > 0"),
+     ("TORCH", "VALUE", "-clipThreshold", "0"), "must be -1 (no clipping) or > 0"),
     ("torch::optimizer_adafactor -parameters $t -beta1 1.5",
      ("TORCH", "VALUE", "-beta1", "1.5"), "-1 (no momentum) or in [0, 1)"),
     ("torch::optimizer_adafactor -parameters $t -lr",
@@ -97,7 +99,7 @@ BAD_CALLS = [
     ("torch::optimizer_adafactor $t 0.1 0 1 -1 -1 0 extra",
      ("TCL", "WRONGARGS"), "wrong # args"),
     ("torch::optimizer_adafactor -parameters $t -variant keras",
-     ("TORCH", "VALUE", "-variant", "keras"), "must be transformers or torch"),
+     ("TORCH", "VALUE", "-variant", "keras"), "must be transformers, torch, or big_vision"),
     ("torch::optimizer_adafactor -parameters $t -lr nan",
      ("TORCH", "VALUE", "-lr", "nan"), "must be"),
     ("torch::optimizer_adafactor -parameters [torch::tensor_create {1 2} {} int64]",

@@ -143,7 +143,7 @@ BAD = [
     ("-groups [list [list -parameters $b1 -warmupInit 1 -relativeStep 0]]",
      ("TORCH", "VALUE", "-warmupInit", "1"), "needs -relativeStep true", 1),
     ("-groups [list [list -parameters $b1 -variant keras]]",
-     ("TORCH", "VALUE", "-variant", "keras"), "must be transformers or torch", 1),
+     ("TORCH", "VALUE", "-variant", "keras"), "must be transformers, torch, or big_vision", 1),
     ("-groups \"{\"", ("TORCH", "VALUE", "-groups"), "must be a list of groups", None),
 ]
 

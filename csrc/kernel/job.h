@@ -21,6 +21,8 @@ enum class Pass : std::int8_t {
   U2,  // apply the update
   G1,  // small groups: statistics, state, sums of U^2 and param^2
   G2,  // small groups: apply the update
+  C2,  // caution: apply the masked momentum (F3, U2 or G2 having updated
+       // the momentum and counted the mask), element blocks
 };
 
 // Factored parameters whose factored matrices hold at most this many
@@ -47,7 +49,20 @@ struct Job {
   std::int64_t blocks = 0;
 
   // The algorithm, resolved to numbers for this step.
-  bool torch_variant = true;
+  bool torch_variant = true;  // eps1 floors V (else it joins G^2)
+  bool stats_lerp = true;     // statistics lerp towards the new mean (torch,
+                              // big_vision), else beta2*old + (1-beta2)*new
+  bool big_vision = false;    // momentum on the unscaled update, alpha after
+  bool momentum_bf16 = false;  // exp_avg is bf16 (momentum_dtype): lerp in
+                               // float of bf16(u), rounded to nearest
+  bool momentum_sr = false;    // ... or stochastically
+  // Caution: the last pass (F3, U2, G2) updates the momentum and counts the
+  // elements whose momentum agrees in sign with the gradient into
+  // caution_count, leaving the parameter; C2 then applies the masked momentum
+  // scaled by caution_scale.
+  bool caution = false;
+  std::int64_t* caution_count = nullptr;  // one per block of the last pass
+  double caution_scale = 1;
   bool maximize = false;
   bool momentum = false;
   bool weight_decay = false;
@@ -86,6 +101,7 @@ struct Job {
   const void* col_factor = nullptr;  // [O*K*m*L]
 
   std::uint64_t seed = 0;  // stochastic rounding
+  std::uint64_t momentum_seed = 0;
 };
 
 // The loops of one instruction set. `scratch`: kGroupScratchBytes for the

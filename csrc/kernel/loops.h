@@ -33,6 +33,10 @@ constexpr int kRows3 = 4;
 // Small-group batches (see Groups): elements per batch.
 constexpr i64 kBatchElems = kGroupMaxElems;
 
+// Caution: elements of the block being run whose new momentum agrees in
+// sign with the gradient (integers: the total is independent of order).
+thread_local i64 tl_caution = 0;
+
 // ---------------------------------------------------------------- values
 struct bf16 {
   std::uint16_t bits;
@@ -213,6 +217,9 @@ template <class T>
 inline vec<T> splat(T x) {
   return vec<T>{} + x;
 }
+
+// The orders of the final arithmetic (Factored::Tail).
+constexpr int kTorch = 0, kTransformers = 1, kBigVision = 2;
 
 // ---------------------------------------------------------------- factored
 // A unit is one (o, i, k): with L == 1 a contiguous row of m elements, else
@@ -461,9 +468,38 @@ struct Factored {
     job.param_sq[block] = lane_sum(psq) + psq_lanes.sum();
   }
 
+  // The momentum of one element, updated and stored; returns it as stored
+  // (the update is the momentum as stored). With bf16 momentum, as torch's
+  // ops compute it: u rounded to bf16, then ATen's vectorised lerp in float
+  // (one fused multiply-add), rounded back.
+  inline T momentum(S* m, i64 idx, T u) const {
+    if (job.momentum_bf16) {
+      bf16* mb = reinterpret_cast<bf16*>(m);
+      const float w = static_cast<float>(1.0 - job.beta1);
+      const float old = to_float(mb[idx]);
+      const float end = to_float(to_bf16(static_cast<float>(u)));
+      const float mv = w < 0.5f ? __builtin_fmaf(w, end - old, old)
+                                : __builtin_fmaf(w - 1.0f, end - old, end);
+      mb[idx] = job.momentum_sr ? to_bf16_stochastic(mv, job.momentum_seed, idx) : to_bf16(mv);
+      return static_cast<T>(to_float(mb[idx]));
+    }
+    const T b1 = static_cast<T>(job.beta1);
+    store(m, idx, load<T>(m, idx) * b1 + u * (T(1) - b1));
+    return load<T>(m, idx);
+  }
+
+  // Caution's first half: count whether the new momentum agrees in sign with
+  // the gradient; the parameter is left for pass C2.
+  inline void count_caution(T mv, i64 idx) const {
+    tl_caution += mv * (sign() * load<T>(grad(), idx)) > T(0) ? 1 : 0;
+  }
+
   // The final arithmetic of one element, in the order of the references.
   inline T apply(T pv, T u, S* m, i64 idx) const {
-    if (job.torch_variant) {
+    const T p0 = pv;
+    if (job.big_vision) {
+      u = u / static_cast<T>(job.denom);
+    } else if (job.torch_variant) {
       if (job.weight_decay) pv = pv * static_cast<T>(job.decay_mult);
       if (!job.momentum) return pv - static_cast<T>(job.alpha / job.denom) * u;
       u = u * static_cast<T>(job.alpha / job.denom);
@@ -472,10 +508,15 @@ struct Factored {
       if (job.weight_decay) pv = pv + pv * static_cast<T>(job.decay_coef);
     }
     if (job.momentum) {
-      const T b1 = static_cast<T>(job.beta1);
-      const T mv = load<T>(m, idx) * b1 + u * (T(1) - b1);
-      store(m, idx, mv);
-      u = load<T>(m, idx);  // the update is the momentum as stored
+      u = momentum(m, idx, u);
+      if (job.caution) {
+        count_caution(u, idx);
+        return p0;
+      }
+    }
+    if (job.big_vision) {
+      u = u * static_cast<T>(job.alpha);
+      if (job.weight_decay) pv = pv * static_cast<T>(job.decay_mult);
     }
     return pv - u;
   }
@@ -492,9 +533,12 @@ struct Factored {
 
   // The arithmetic after U, with the variant's branches resolved at compile
   // time so that the loops vectorise: eight lanes (never with stochastic
-  // rounding) or one element, in the order of the references.
-  template <bool Torch, bool Momentum, bool Decay>
+  // rounding, bf16 momentum or caution: see vectors()) or one element, in the
+  // order of the references. Order: kTorch, kTransformers or kBigVision.
+  template <int Order, bool Momentum, bool Decay>
   struct Tail {
+    static constexpr bool Torch = Order == kTorch;
+    static constexpr bool BigVision = Order == kBigVision;
     const Factored& f;
     T coef, alpha, denom, mult, dcoef, b1, ob1;
     vec<T> vcoef, valpha, vdenom, vmult, vdcoef, vb1, vob1;
@@ -512,7 +556,9 @@ struct Factored {
     }
     void lanes(P* p, S* m, i64 idx, vec<T> u) const {
       vec<T> pv = vload<T>(p + idx);
-      if constexpr (Torch) {
+      if constexpr (BigVision) {
+        u = u / vdenom;
+      } else if constexpr (Torch) {
         if constexpr (Decay) pv = pv * vmult;
         u = u * vcoef;
       } else {
@@ -523,11 +569,17 @@ struct Factored {
         vstore<T>(m + idx, vload<T>(m + idx) * vb1 + u * vob1);
         u = vload<T>(m + idx);
       }
+      if constexpr (BigVision) {
+        u = u * valpha;
+        if constexpr (Decay) pv = pv * vmult;
+      }
       vstore<T>(p + idx, pv - u);
     }
     void one(P* p, S* m, i64 idx, T u) const {
       T pv = load<T>(p, idx);
-      if constexpr (Torch) {
+      if constexpr (BigVision) {
+        u = u / denom;
+      } else if constexpr (Torch) {
         if constexpr (Decay) pv = pv * mult;
         u = u * coef;  // with momentum; without, p - coef*u below is the same
       } else {
@@ -535,24 +587,34 @@ struct Factored {
         if constexpr (Decay) pv = pv + pv * dcoef;
       }
       if constexpr (Momentum) {
-        store(m, idx, load<T>(m, idx) * b1 + u * ob1);
-        u = load<T>(m, idx);
+        u = f.momentum(m, idx, u);
+        if (f.job.caution) {
+          f.count_caution(u, idx);
+          return;
+        }
+      }
+      if constexpr (BigVision) {
+        u = u * alpha;
+        if constexpr (Decay) pv = pv * mult;
       }
       f.put(p, idx, pv - u);
     }
   };
 
+  // Whether the tails may take eight lanes at once.
+  bool vectors() const { return !job.stochastic_rounding && !job.momentum_bf16 && !job.caution; }
+
   // NR rows of len elements sr rows apart (row r at base + r * sr * len, row
   // factor R[r * sr]) with no clamping: the common case, NR rows at once for
   // more streams in flight.
-  template <int NR, bool Torch, bool Momentum, bool Decay>
+  template <int NR, int Order, bool Momentum, bool Decay>
   void rows3(P* p, const P* g, S* m, i64 base, i64 len, const T* R, const T* C,
              i64 sr) const {
     const i64 rs = sr * len;
-    const Tail<Torch, Momentum, Decay> tail(*this);
+    const Tail<Order, Momentum, Decay> tail(*this);
     const T s = sign();
     i64 x = 0;
-    if (!job.stochastic_rounding) {
+    if (vectors()) {
       vec<T> vsr[NR];
       for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r * sr]);
       for (; x + kLanes <= len; x += kLanes) {
@@ -573,11 +635,11 @@ struct Factored {
 
   // len contiguous elements with a row and a column factor each (re holds
   // the sign times the row factor): small groups, no clamping.
-  template <bool Torch, bool Momentum, bool Decay>
+  template <int Order, bool Momentum, bool Decay>
   void span3(P* p, const P* g, S* m, i64 base, i64 len, const T* re, const T* ce) const {
-    const Tail<Torch, Momentum, Decay> tail(*this);
+    const Tail<Order, Momentum, Decay> tail(*this);
     i64 x = 0;
-    if (!job.stochastic_rounding) {
+    if (vectors()) {
       for (; x + kLanes <= len; x += kLanes) {
         tail.lanes(p, m, base + x, vload<T>(re + x) * vload<T>(g + base + x) * vload<T>(ce + x));
       }
@@ -586,24 +648,34 @@ struct Factored {
   }
 
   using SpanFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*) const;
+  int order() const { return job.big_vision ? kBigVision : job.torch_variant ? kTorch : kTransformers; }
+
+  template <int Order>
+  SpanFn pick_span3_of() const {
+    if (job.momentum) return job.weight_decay ? &Factored::span3<Order, true, true> : &Factored::span3<Order, true, false>;
+    return job.weight_decay ? &Factored::span3<Order, false, true> : &Factored::span3<Order, false, false>;
+  }
   SpanFn pick_span3() const {
-    if (job.torch_variant) {
-      if (job.momentum) return job.weight_decay ? &Factored::span3<true, true, true> : &Factored::span3<true, true, false>;
-      return job.weight_decay ? &Factored::span3<true, false, true> : &Factored::span3<true, false, false>;
+    switch (order()) {
+      case kTorch: return pick_span3_of<kTorch>();
+      case kTransformers: return pick_span3_of<kTransformers>();
+      default: return pick_span3_of<kBigVision>();
     }
-    if (job.momentum) return job.weight_decay ? &Factored::span3<false, true, true> : &Factored::span3<false, true, false>;
-    return job.weight_decay ? &Factored::span3<false, false, true> : &Factored::span3<false, false, false>;
   }
 
   using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*, i64) const;
+  template <int NR, int Order>
+  RowsFn pick_rows3_of() const {
+    if (job.momentum) return job.weight_decay ? &Factored::rows3<NR, Order, true, true> : &Factored::rows3<NR, Order, true, false>;
+    return job.weight_decay ? &Factored::rows3<NR, Order, false, true> : &Factored::rows3<NR, Order, false, false>;
+  }
   template <int NR>
   RowsFn pick_rows3() const {
-    if (job.torch_variant) {
-      if (job.momentum) return job.weight_decay ? &Factored::rows3<NR, true, true, true> : &Factored::rows3<NR, true, true, false>;
-      return job.weight_decay ? &Factored::rows3<NR, true, false, true> : &Factored::rows3<NR, true, false, false>;
+    switch (order()) {
+      case kTorch: return pick_rows3_of<NR, kTorch>();
+      case kTransformers: return pick_rows3_of<NR, kTransformers>();
+      default: return pick_rows3_of<NR, kBigVision>();
     }
-    if (job.momentum) return job.weight_decay ? &Factored::rows3<NR, false, true, true> : &Factored::rows3<NR, false, true, false>;
-    return job.weight_decay ? &Factored::rows3<NR, false, false, true> : &Factored::rows3<NR, false, false, false>;
   }
 
   void pass3(i64 block) const {
@@ -677,7 +749,7 @@ struct Groups {
     const T wt = static_cast<T>(job.lerp_weight);
     const T b2 = static_cast<T>(job.beta2), ob2 = static_cast<T>(1.0 - job.beta2);
     const T m = static_cast<T>(cols()), n = static_cast<T>(rows());
-    if (job.torch_variant) {
+    if (job.stats_lerp) {
       for (i64 k = 0; k < nb * rows(); ++k) {
         store(row, k, lerp(load<T>(row, k), static_cast<T>(w.rs[k]) / m, wt));
       }
@@ -913,11 +985,8 @@ struct Unfactored {
       const T pv = load<T>(p, x);
       psq[x % kLanes] += static_cast<double>(pv) * pv;
       T vv = load<T>(v, x);
-      if (job.torch_variant) {
-        vv = lerp(vv, gv * gv, w);
-      } else {
-        vv = vv * b2 + (gv * gv + e) * ob2;
-      }
+      const T sq = job.torch_variant ? gv * gv : gv * gv + e;
+      vv = job.stats_lerp ? lerp(vv, sq, w) : vv * b2 + sq * ob2;
       store(v, x, vv);
       vv = load<T>(v, x);
       const T u = job.torch_variant ? floored_update(gv, vv, e) : gv * rsqrt(vv);
@@ -946,6 +1015,43 @@ struct Unfactored {
   }
 };
 
+// ---------------------------------------------------------------- caution
+// Pass C2: the momentum stored by the last pass, masked where it disagrees in
+// sign with the gradient and scaled by caution_scale (1 / the kept fraction),
+// then the rest of the variant's arithmetic, as Factored::apply.
+template <class P, class S>
+struct Caution {
+  using T = typename Compute<P>::type;
+  const Job& job;
+
+  void pass(i64 block) const {
+    const Factored<P, S> f{job};
+    const P* g = static_cast<const P*>(job.grad);
+    P* p = static_cast<P*>(job.param);
+    const S* m = static_cast<const S*>(job.exp_avg);
+    const T s = job.maximize ? T(-1) : T(1);
+    const T scale = static_cast<T>(job.caution_scale);
+    const i64 x0 = block * job.block_size;
+    const i64 x1 = x0 + job.block_size < job.numel ? x0 + job.block_size : job.numel;
+    for (i64 x = x0; x < x1; ++x) {
+      T u = job.momentum_bf16 ? static_cast<T>(to_float(reinterpret_cast<const bf16*>(m)[x]))
+                              : load<T>(m, x);
+      const T gv = s * load<T>(g, x);
+      u = u * (u * gv > T(0) ? scale : T(0));
+      T pv = load<T>(p, x);
+      if (job.big_vision) {
+        u = u * static_cast<T>(job.alpha);
+        if (job.weight_decay) pv = pv * static_cast<T>(job.decay_mult);
+      } else if (job.torch_variant) {
+        if (job.weight_decay) pv = pv * static_cast<T>(job.decay_mult);
+      } else {
+        if (job.weight_decay) pv = pv + pv * static_cast<T>(job.decay_coef);
+      }
+      f.put(p, x, pv - u);
+    }
+  }
+};
+
 template <class P, class S>
 void run_typed(const Job& job, Pass pass, i64 b0, i64 b1, void* scratch) {
   // Each pass starts where the last one ended: pass 2 (and U2) takes a
@@ -954,8 +1060,10 @@ void run_typed(const Job& job, Pass pass, i64 b0, i64 b1, void* scratch) {
   // first what pass 2 read last. Per-block sums make the order irrelevant
   // to the results.
   const bool backwards = pass == Pass::F2 || pass == Pass::U2 || pass == Pass::G2;
+  const bool counts = job.caution && (pass == Pass::F3 || pass == Pass::U2 || pass == Pass::G2);
   for (i64 n = 0; n < b1 - b0; ++n) {
     const i64 b = backwards ? b1 - 1 - n : b0 + n;
+    tl_caution = 0;
     switch (pass) {
       case Pass::F1: Factored<P, S>{job}.pass1(b); break;
       case Pass::F2: Factored<P, S>{job}.pass2(b); break;
@@ -970,7 +1078,9 @@ void run_typed(const Job& job, Pass pass, i64 b0, i64 b1, void* scratch) {
           Groups<P, S>{job, scratch}.run(pass, b);
         }
         break;
+      case Pass::C2: Caution<P, S>{job}.pass(b); break;
     }
+    if (counts) job.caution_count[b] = tl_caution;
   }
 }
 

@@ -64,6 +64,10 @@ tcltorch::OptionValue option_value(const tcltorch::AdafactorOptionInfo& info,
       }
       return v.cast<std::int64_t>();
     case OptionType::Enum:
+      // None names the choice "none" where there is one (momentum_dtype).
+      if (v.is_none() && info.choices && std::string_view(info.choices[0]) == "none") {
+        return std::string("none");
+      }
       return as_string(n, v);
   }
   return {};
@@ -81,8 +85,13 @@ py::object to_python(const tcltorch::OptionValue& value) {
 }
 
 // Keyword arguments use the core's own option names (the table's).
+// Options not given take the defaults of the variant given.
 AdafactorOptions options_from(const py::kwargs& kwargs, bool validate = true) {
   AdafactorOptions o;
+  if (kwargs.contains("variant")) {
+    o = AdafactorOptions::defaults_for(
+        tcltorch::parse_variant(as_string("variant", kwargs["variant"])));
+  }
   for (const auto& [key, value] : kwargs) {
     const auto name = key.cast<std::string>();
     const auto* info = tcltorch::find_adafactor_option(name);

@@ -23,12 +23,38 @@ _TORCH_ARGUMENTS = ("lr", "beta2_decay", "eps1", "eps2", "d", "weight_decay", "m
 _PACKED = {"eps1": ("eps", 0), "eps2": ("eps", 1)}
 
 
+# momentum_dtype: Python spells the core's names as torch dtypes.
+_DTYPE_NAMES = {"none": None, "bfloat16": torch.bfloat16}
+
+
 def _defaults_for(variant: str) -> dict[str, Any]:
     """Every option's default under `variant` (torch's for an unknown name,
     which validation then refuses)."""
     if variant not in _VARIANTS:
         variant = "torch"
-    return {o["name"]: o["defaults"][variant] for o in _OPTIONS}
+    out = {o["name"]: o["defaults"][variant] for o in _OPTIONS}
+    out["momentum_dtype"] = _DTYPE_NAMES[out["momentum_dtype"]]
+    return out
+
+
+def _enum_name(name: str, value) -> str:
+    if name == "momentum_dtype":
+        for text, dtype in _DTYPE_NAMES.items():
+            if value is dtype or value == text:
+                return text
+        raise ValueError(f"momentum_dtype must be torch.bfloat16 or None, got {value!r}")
+    return str(value)
+
+
+class _VariantDefault:
+    """The default of torch's arguments whose default depends on the variant
+    (big_vision's lr and d)."""
+
+    def __repr__(self) -> str:
+        return "<the variant's default>"
+
+
+_BY_VARIANT = _VariantDefault()
 
 
 # Group keys beyond torch.optim.Adafactor's, with their defaults. A state dict
@@ -51,7 +77,7 @@ _CONVERT = {
     "optional_double": lambda name, v: None if v is None else _number(name, v),
     "bool": lambda name, v: bool(v),
     "int": lambda name, v: int(v),
-    "enum": lambda name, v: str(v),
+    "enum": _enum_name,
 }
 
 
@@ -185,10 +211,10 @@ class Adafactor(Optimizer):
     def __init__(
         self,
         params,
-        lr: float | Tensor | None = 1e-2,
+        lr: float | Tensor | None = _BY_VARIANT,
         beta2_decay: float = -0.8,
         eps: tuple[float | None, float] = (None, 1e-3),
-        d: float = 1.0,
+        d: float | None = _BY_VARIANT,
         weight_decay: float = 0.0,
         *,
         foreach: bool | None = None,
@@ -199,9 +225,13 @@ class Adafactor(Optimizer):
             if name not in _EXTRA_DEFAULTS:
                 raise TypeError(
                     f"Adafactor.__init__() got an unexpected keyword argument '{name}'")
+        variant_defaults = _defaults_for(options.get("variant", _EXTRA_DEFAULTS["variant"]))
+        if lr is _BY_VARIANT:
+            lr = variant_defaults["lr"]
+        if d is _BY_VARIANT:
+            d = variant_defaults["d"]
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
-        variant_defaults = _defaults_for(options.get("variant", _EXTRA_DEFAULTS["variant"]))
         defaults = {
             "lr": lr,
             "beta2_decay": beta2_decay,
@@ -226,6 +256,11 @@ class Adafactor(Optimizer):
         group = self.param_groups[-1]
         group["eps"] = tuple(group["eps"])
         _hf.init_group(group)
+        if (group["max_lr"] is None and group["weight_decay_mode"] == "corrected"
+                and group["lr"] is not None and _number("lr", group["lr"]) > 0):
+            # Corrected weight decay divides by the lr given here, which
+            # schedules overwrite later.
+            group["max_lr"] = _number("lr", group["lr"])
         _validate(_hf.core_group(group))
         for p in group["params"]:
             _check_parameter(p)
@@ -259,6 +294,11 @@ class Adafactor(Optimizer):
                 p_state = self.state.get(p, {})
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+                # load_state_dict casts state to the parameter's dtype; the
+                # momentum keeps its own.
+                if (_enum_name("momentum_dtype", group["momentum_dtype"]) == "bfloat16"
+                        and "exp_avg" in p_state and p_state["exp_avg"].dtype != torch.bfloat16):
+                    p_state["exp_avg"] = p_state["exp_avg"].to(torch.bfloat16)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -302,7 +342,9 @@ def _init_signature():
     import inspect
 
     sig = inspect.signature(Adafactor.__init__)
-    params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    torch_defaults = _defaults_for("torch")
+    params = [p.replace(default=torch_defaults[p.name]) if p.default is _BY_VARIANT else p
+              for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
     params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
                for name, value in _EXTRA_DEFAULTS.items()]
     return sig.replace(parameters=params)

@@ -24,17 +24,39 @@ enum class AdafactorVariant : std::int8_t {
   Torch,         // torch.optim.Adafactor: eps1 clamps V, decay scaled by lr
   Transformers,  // the paper / transformers / fairseq: eps1 added to G^2,
                  // decay scaled by the per-step lr_t
+  BigVision,     // big_vision / timm's AdafactorBigVision: eps1 added to G^2,
+                 // momentum averages the unscaled clipped update, the step
+                 // size multiplies afterwards
 };
 // Names of an enum option, indexed by its value.
-inline constexpr const char* kAdafactorVariantNames[] = {"torch", "transformers", nullptr};
-inline constexpr std::size_t kAdafactorVariantCount = 2;
+inline constexpr const char* kAdafactorVariantNames[] = {"torch", "transformers", "big_vision",
+                                                         nullptr};
+inline constexpr std::size_t kAdafactorVariantCount = 3;
 
 // Which two dimensions of a >= 2-D parameter carry the row/column factors.
 enum class FactoredDims : std::int8_t {
   LastTwo,     // torch, transformers: dims -2 and -1
   LargestTwo,  // optax, t5x: the two largest dims (ties: the later ones)
+  LeadingTwo,  // timm: dims 0 and 1 of a > 2-D weight when both pass the
+               // size rule, else the last two
 };
-inline constexpr const char* kFactoredDimsNames[] = {"last_two", "largest_two", nullptr};
+inline constexpr const char* kFactoredDimsNames[] = {"last_two", "largest_two", "leading_two",
+                                                     nullptr};
+
+// How weight decay scales; the decoupled decay is param *= 1 - c.
+enum class WeightDecayMode : std::int8_t {
+  Lr,         // c = lr * weight_decay (torch, big_vision)
+  LrT,        // c = lr_t * weight_decay, this step's size (transformers)
+  Unscaled,   // c = weight_decay (optax, big_vision unscaled_wd, fixed_decay)
+  Corrected,  // c = weight_decay * lr^2 / max_lr (timm corrected_weight_decay)
+  Coupled,    // L2: G += weight_decay * param before everything
+};
+inline constexpr const char* kWeightDecayModeNames[] = {"lr", "lr_t", "unscaled", "corrected",
+                                                        "coupled", nullptr};
+
+// The dtype of exp_avg: the state's, or bfloat16 whatever the parameter's.
+enum class MomentumDtype : std::int8_t { None, BFloat16 };
+inline constexpr const char* kMomentumDtypeNames[] = {"none", "bfloat16", nullptr};
 
 enum class OptionType : std::int8_t {
   Double,          // a finite number
@@ -164,22 +186,23 @@ struct AdafactorOptionInfo {
 // ---------------------------------------------------------------------------
 // X(C++ type, field, descriptor fields...)
 #define TCLTORCH_ADAFACTOR_OPTIONS(X)                                                       \
-  X(double, lr, .type = OptionType::Double, .tcl = "lr", .defaults = {"1e-2"},              \
+  X(double, lr, .type = OptionType::Double, .tcl = "lr", .defaults = {"1e-2", nullptr, "1.0"}, \
     .rule = OptionRule::NonNegative,                                                        \
     .doc = "with {relative_step}, the cap of the relative step "                            \
            "rho_t = min({lr}, 1/sqrt(t)); without it, the step size itself",                \
     .tcl_positional = true, .tcl_default = "0.8", .torch_name = "Learning rate",            \
     .torch_order = 1)                                                                       \
   X(std::optional<double>, eps1, .type = OptionType::OptionalDouble, .tcl = "eps2",         \
-    .defaults = {"none", "1e-30"}, .rule = OptionRule::NonNegative,                         \
+    .defaults = {"none", "1e-30", "1e-30"}, .rule = OptionRule::NonNegative,                \
     .doc = "the regulariser of the second moment (the paper's epsilon1): "                  \
            "a floor on V (torch) or added to G^2 (transformers)",                           \
     .none_doc = "finfo(dtype).eps of each parameter (torch), 1e-30 (transformers)",         \
     .tcl_positional = true, .torch_name = "epsilon1", .torch_order = 3)                     \
-  X(double, d, .type = OptionType::Double, .tcl = "clipThreshold", .defaults = {"1.0"},     \
-    .rule = OptionRule::Positive,                                                           \
+  X(std::optional<double>, d, .type = OptionType::OptionalDouble, .tcl = "clipThreshold",   \
+    .defaults = {"1.0", nullptr, "none"}, .rule = OptionRule::Positive,                     \
     .doc = "the clip threshold: the update is divided by max(1, RMS(update) / {d})",        \
-    .tcl_positional = true, .torch_name = "Clipping threshold d",                           \
+    .none_doc = "no clipping", .tcl_positional = true, .tcl_minus_one_unsets = true,        \
+    .torch_name = "Clipping threshold d",                                                   \
     .torch_rule = OptionRule::AtLeastOne, .torch_order = 5)                                 \
   X(double, beta2_decay, .type = OptionType::Double, .tcl = "decayRate",                    \
     .defaults = {"-0.8"}, .rule = OptionRule::NonPositive,                                  \
@@ -187,18 +210,20 @@ struct AdafactorOptionInfo {
     .tcl_positional = true, .tcl_default = "-1.0", .tcl_form = TclForm::DecayRate,          \
     .torch_name = "beta2_decay", .torch_order = 2)                                          \
   X(std::optional<double>, beta1, .type = OptionType::OptionalDouble, .tcl = "beta1",       \
-    .defaults = {"none"}, .rule = OptionRule::UnitIntervalOpen,                             \
-    .doc = "momentum on the scaled, clipped update (state exp_avg)",                        \
+    .defaults = {"none", nullptr, "0.9"}, .rule = OptionRule::UnitIntervalOpen,             \
+    .doc = "momentum on the scaled, clipped update (big_vision: the unscaled one; "         \
+           "state exp_avg)",                                                                \
     .none_doc = "no momentum", .tcl_positional = true, .tcl_minus_one_unsets = true)        \
   X(double, weight_decay, .type = OptionType::Double, .tcl = "weightDecay",                 \
     .defaults = {"0.0"}, .rule = OptionRule::NonNegative,                                   \
-    .doc = "decoupled weight decay: param *= 1 - {weight_decay} * {lr} (torch) "            \
+    .doc = "weight decay, scaled as {weight_decay_mode} says; by default "                   \
+           "param *= 1 - {weight_decay} * {lr} (torch, big_vision) "                        \
            "or * lr_t, this step's step size (transformers)",                               \
     .tcl_positional = true, .torch_name = "weight_decay", .torch_order = 6)                 \
   X(bool, relative_step, .type = OptionType::Bool, .tcl = "relativeStep",                   \
-    .defaults = {"true"}, .doc = "steps relative to 1/sqrt(t); see {lr}")                   \
+    .defaults = {"true", nullptr, "false"}, .doc = "steps relative to 1/sqrt(t); see {lr}") \
   X(bool, scale_parameter, .type = OptionType::Bool, .tcl = "scaleParameter",               \
-    .defaults = {"true"},                                                                   \
+    .defaults = {"true", nullptr, "false"},                                                 \
     .doc = "multiply the step size by max({eps2}, RMS(param))")                             \
   X(bool, warmup_init, .type = OptionType::Bool, .tcl = "warmupInit",                       \
     .defaults = {"false"},                                                                  \
@@ -210,17 +235,20 @@ struct AdafactorOptionInfo {
   X(bool, maximize, .type = OptionType::Bool, .tcl = "maximize", .defaults = {"false"},     \
     .doc = "maximise the objective instead of minimising it")                               \
   X(AdafactorVariant, variant, .type = OptionType::Enum, .tcl = "variant",                  \
-    .defaults = {"torch", "transformers"},                                                  \
+    .defaults = {"torch", "transformers", "big_vision"},                                    \
     .doc = "torch: exactly torch.optim.Adafactor; transformers: the paper's "               \
-           "algorithm (transformers, fairseq); the other options' defaults follow it",      \
+           "algorithm (transformers, fairseq); big_vision: timm's AdafactorBigVision "      \
+           "(momentum on the unscaled update); the other options' defaults follow it",      \
     .choices = kAdafactorVariantNames, .tcl_default = "transformers")                       \
   X(FactoredDims, factored_dims, .type = OptionType::Enum, .tcl = "factoredDims",           \
-    .defaults = {"last_two"},                                                               \
-    .doc = "which two dims carry the row/column factors: the last two, or the "             \
-           "two largest (optax, t5x)",                                                      \
+    .defaults = {"last_two", nullptr, "largest_two"},                                       \
+    .doc = "which two dims carry the row/column factors: the last two, the "                \
+           "two largest (optax, t5x), or dims 0 and 1 of a > 2-D weight when both "         \
+           "pass the size rule, else the last two (leading_two, timm)",                     \
     .choices = kFactoredDimsNames)                                                          \
   X(std::int64_t, min_dim_size_to_factor, .type = OptionType::Int,                          \
-    .tcl = "minDimSizeToFactor", .defaults = {"0"}, .rule = OptionRule::NonNegative,        \
+    .tcl = "minDimSizeToFactor", .defaults = {"0", nullptr, "16"},                          \
+    .rule = OptionRule::NonNegative,                                                        \
     .doc = "factor only when both factored dims are at least this long; "                   \
            "0 factors every parameter of two or more dims")                                 \
   X(bool, fp32_state, .type = OptionType::Bool, .tcl = "fp32State",                         \
@@ -234,7 +262,36 @@ struct AdafactorOptionInfo {
     .defaults = {"false"},                                                                  \
     .doc = "a gradient with an Inf or NaN leaves its parameter and state "                  \
            "(step included) unchanged and the skip is counted (skipped_updates); "          \
-           "off, non-finite values flow into the update as in torch.optim.Adafactor")       \
+           "off, non-finite values flow into the update as in torch.optim.Adafactor")      \
+  X(std::optional<double>, beta2_cap, .type = OptionType::OptionalDouble, .tcl = "beta2Cap", \
+    .defaults = {"none", nullptr, "0.999"}, .rule = OptionRule::UnitIntervalOpen,           \
+    .doc = "a cap on the second-moment decay: beta2_t = min(1 - s^beta2_decay, cap)",       \
+    .none_doc = "no cap", .tcl_minus_one_unsets = true)                                     \
+  X(std::int64_t, decay_offset, .type = OptionType::Int, .tcl = "decayOffset",              \
+    .defaults = {"0"}, .rule = OptionRule::NonNegative,                                     \
+    .doc = "the second-moment schedule restarts here: s = max(t - decay_offset, 1) "        \
+           "in beta2_t (fine-tuning, as big_vision and optax)")                             \
+  X(bool, caution, .type = OptionType::Bool, .tcl = "caution", .defaults = {"false"},       \
+    .doc = "with {beta1}: zero the update where its sign disagrees with the gradient, "     \
+           "rescaled by the kept fraction (timm's cautious mask)")                          \
+  X(WeightDecayMode, weight_decay_mode, .type = OptionType::Enum, .tcl = "weightDecayMode", \
+    .defaults = {"lr", "lr_t", "lr"},                                                       \
+    .doc = "how {weight_decay} scales: lr, lr_t (this step's size), unscaled, "             \
+           "corrected (lr^2 / {max_lr}) or coupled (L2, added to the gradient)",            \
+    .choices = kWeightDecayModeNames)                                                       \
+  X(std::optional<double>, max_lr, .type = OptionType::OptionalDouble, .tcl = "maxLr",      \
+    .defaults = {"none"}, .rule = OptionRule::Positive,                                     \
+    .doc = "the lr that corrected weight decay divides by",                                 \
+    .none_doc = "the lr when the optimizer is built (schedules change lr later)",           \
+    .tcl_minus_one_unsets = true)                                                           \
+  X(MomentumDtype, momentum_dtype, .type = OptionType::Enum, .tcl = "momentumDtype",        \
+    .defaults = {"none", nullptr, "bfloat16"},                                              \
+    .doc = "bfloat16: exp_avg in bfloat16, rounded to nearest as torch's ops round; "       \
+           "none: the state's dtype",                                                       \
+    .choices = kMomentumDtypeNames)                                                         \
+  X(bool, momentum_stochastic_rounding, .type = OptionType::Bool,                           \
+    .tcl = "momentumStochasticRounding", .defaults = {"false"},                             \
+    .doc = "round the bfloat16 momentum stochastically instead")                           \
   /* every row ends with a backslash: a new row goes above this line */
 
 #define TCLTORCH_ADAFACTOR_OPTION_INFO(ctype, field, ...) \
