@@ -4,7 +4,7 @@
 # learns Tcl's own manual pages (examples/data/tcl_manual.txt, see
 # tcl_manual.LICENSE), then writes a sample of text.
 #
-#   TCLLIBPATH=$(python -m tcltorch tcl-path) tclsh examples/train_charlm.tcl ?-option value ...?
+#   TCLLIBPATH=$(.venv/bin/python -m tcltorch tcl-path) tclsh examples/train_charlm.tcl ?-option value ...?
 #
 # Options (defaults in charlm::defaults below): -steps 250 -layers 4 -dModel 128
 # -heads 4 -ff 512 -context 128 -batch 16 -lr 0.01 -warmup 25 -minLr 0.001 ...

@@ -5,7 +5,7 @@
 # their second moment over the last two dimensions, and the end of the run
 # shows the state that takes next to what Adam would keep.
 #
-#   TCLLIBPATH=$(python -m tcltorch tcl-path) tclsh examples/train_digits_cnn.tcl ?epochs? ?batch?
+#   TCLLIBPATH=$(.venv/bin/python -m tcltorch tcl-path) tclsh examples/train_digits_cnn.tcl ?epochs? ?batch?
 package require torch
 
 set epochs [expr {$argc > 0 ? [lindex $argv 0] : 8}]

@@ -1,8 +1,8 @@
 # The digits example (examples/train_digits.tcl) on N ranks: data parallel
 # training with a sharded Adafactor, launched by torchrun:
 #
-#   TCLLIBPATH=$(python -m tcltorch tcl-path) \
-#     torchrun --nproc-per-node 2 --no-python tclsh examples/train_digits_ddp.tcl ?epochs? ?batch?
+#   TCLLIBPATH=$(.venv/bin/python -m tcltorch tcl-path) \
+#     .venv/bin/torchrun --nproc-per-node 2 --no-python tclsh examples/train_digits_ddp.tcl ?epochs? ?batch?
 #
 # Every rank reads the data and makes the same 80/20 split; each global
 # batch of `batch` samples is cut into equal shares, one per rank. The

@@ -234,8 +234,6 @@ def test_conv_net_in_a_sequential_equals_torch_nn(tcl):
     ("torch::transformer_encoder_layer 8 2 16 1.5", "-dropout", "in [0, 1]"),
     ("torch::transformer_encoder_layer 8 2 16 0.1 tanh", "-activation", "relu or gelu"),
     ("torch::transformer_encoder_layer 8 2 16 0.1 relu maybe", "-normFirst", "boolean"),
-    # the positional form has no -dtype: the word is read as dimFeedforward
-    ("torch::transformer_encoder_layer 8 2 -dtype float64", "-dimFeedforward", "integer"),
     ("torch::conv2d 1 2 {3 3 3}", "-kernelSize", "list of 2"),
     ("torch::conv2d 1 2 3 0", "-stride", "integer >= 1"),
     ("torch::conv2d 1 2 3 1 -1", "-padding", "integer >= 0"),
@@ -252,6 +250,15 @@ def test_bad_arguments_name_the_argument(tcl, script, option, text):
     e = info.value
     assert e.code[:3] == ("TORCH", "VALUE", option), e.code
     assert option in e.message and text in e.message, e.message
+
+
+def test_named_options_after_positional_values_are_refused(tcl):
+    # The positional form has no -dtype: the parser says that the two forms
+    # cannot be mixed rather than reading "-dtype" as dimFeedforward.
+    with pytest.raises(TclError) as info:
+        tcl.eval("torch::transformer_encoder_layer 8 2 -dtype float64")
+    assert info.value.code[:2] == ("TCL", "WRONGARGS"), info.value.code
+    assert "cannot be mixed" in info.value.message, info.value.message
 
 
 def test_wrong_input_shape_is_a_tcl_error(tcl):

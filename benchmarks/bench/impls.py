@@ -127,42 +127,50 @@ def _transformers() -> Impl:
     return Impl("transformers", label, "adafactor", make=lambda ps: Adafactor(ps))
 
 
-def _timm_adafactor_module():
-    """timm's optimizer module `timm.optim.adafactor`, loaded on its own.
+def timm_module(name: str = "adafactor"):
+    """timm's optimizer module `timm.optim.<name>`, loaded on its own (the
+    bench's timm row and the parity tests' anchors, tests/anchors.py).
 
     `import timm.optim` runs timm's package init, which imports torchvision
     (for its layers and data code); PyPI's torchvision does not load beside the
     CPU torch 2.13.0 wheel, and `make bench` installs timm without it. The
-    Adafactor module needs only torch and two helper modules of its own
-    package, so it is imported with bare `timm` and `timm.optim` packages
+    Adafactor modules need only torch and helper modules of their own
+    package, so they are imported with bare `timm` and `timm.optim` packages
     standing for the real ones: timm's own code, minus the unrelated init."""
     import importlib
+    import importlib.machinery
     import importlib.util
     import sys
     import types
     from pathlib import Path
 
+    full = f"timm.optim.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
     try:
         import timm.optim  # noqa: F401 - a timm whose init loads: use it as it is
-        return sys.modules["timm.optim.adafactor"]
+        return importlib.import_module(full)
     except ImportError:
-        for name in [n for n in sys.modules if n == "timm" or n.startswith("timm.")]:
-            del sys.modules[name]  # what the failed init left
+        for mod in [n for n in sys.modules if n == "timm" or n.startswith("timm.")]:
+            del sys.modules[mod]  # what the failed init left
     spec = importlib.util.find_spec("timm")
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("No module named 'timm'")
     root = Path(spec.origin).parent
-    for name, path in [("timm", root), ("timm.optim", root / "optim")]:
-        package = types.ModuleType(name)
+    for pkg, path in [("timm", root), ("timm.optim", root / "optim")]:
+        package = types.ModuleType(pkg)
         package.__path__ = [str(path)]
-        sys.modules[name] = package
-    return importlib.import_module("timm.optim.adafactor")
+        # A spec, so that importlib.util.find_spec("timm") still answers.
+        package.__spec__ = importlib.machinery.ModuleSpec(pkg, None, is_package=True)
+        package.__spec__.submodule_search_locations = [str(path)]
+        sys.modules[pkg] = package
+    return importlib.import_module(full)
 
 
 def _timm() -> Impl:
     label = "timm.optim.Adafactor"
     try:
-        adafactor = _timm_adafactor_module()
+        adafactor = timm_module()
     except Exception as e:  # noqa: BLE001
         return Impl("timm", label, "adafactor", reason=_reason(e))
     return Impl("timm", label, "adafactor", make=lambda ps: adafactor.Adafactor(ps))

@@ -10,6 +10,12 @@ proc try_code {script} {
 }
 proc threads {} { llength [glob -nocomplain /proc/self/task/*] }
 proc fds {} { llength [glob -nocomplain /proc/self/fd/*] }
+# The counts once threads that were told to stop have gone (up to 5 s: a
+# thread or socket left after that is a leak).
+proc settled {expected} {
+    for {set i 0} {$i < 50 && [list [threads] [fds]] ne $expected} {incr i} { after 100 }
+    list [threads] [fds]
+}
 set t [torch::tensor_create {1.0 -2.0 3.0}]
 foreach {name script} {
     all_reduce_before {torch::all_reduce $t}
@@ -61,7 +67,7 @@ puts [list destroy_twice {*}[try_code {torch::distributed_destroy}]]
 # through deleting an interpreter.
 set before [list [threads] [fds]]
 for {set i 0} {$i < 3} {incr i} { cycle $port2 }
-set after_destroy [list [threads] [fds]]
+set after_destroy [settled $before]
 for {set i 0} {$i < 3} {incr i} {
     set child [interp create]
     $child eval [list set auto_path $auto_path]
@@ -74,5 +80,5 @@ for {set i 0} {$i < 3} {incr i} {
     }
     interp delete $child
 }
-set after_delete [list [threads] [fds]]
+set after_delete [settled $before]
 puts [list leaks $before $after_destroy $after_delete]
