@@ -12,34 +12,10 @@ set epochs [expr {$argc > 0 ? [lindex $argv 0] : 8}]
 set batch [expr {$argc > 1 ? [lindex $argv 1] : 32}]
 set here [file dirname [file normalize [info script]]]
 
-# Each line: label, then 64 pixels in 0..16 (scaled to 0..1 here), as images
-# {n 1 8 8}.
-proc load_digits {file} {
-    set labels {}
-    set pixels {}
-    set f [open $file r]
-    while {[gets $f line] >= 0} {
-        if {$line eq "" || [string index $line 0] eq "#"} continue
-        lappend labels [lindex $line 0]
-        foreach v [lrange $line 1 end] {
-            lappend pixels [expr {$v / 16.0}]
-        }
-    }
-    close $f
-    set n [llength $labels]
-    set flat [torch::list_to_tensor $pixels float32]
-    list [torch::tensor_reshape $flat [list $n 1 8 8]] [torch::list_to_tensor $labels] $n
-}
-
-lassign [load_digits [file join $here data digits.txt]] X y n
-torch::manual_seed 0
-set order [torch::randperm $n]
-set ntest [expr {$n / 5}]
-set ntrain [expr {$n - $ntest}]
-set Xtrain [torch::index_select $X 0 [torch::tensor_slice $order 0 0 $ntrain]]
-set ytrain [torch::index_select $y 0 [torch::tensor_slice $order 0 0 $ntrain]]
-set Xtest [torch::index_select $X 0 [torch::tensor_slice $order 0 $ntrain]]
-set ytest [torch::index_select $y 0 [torch::tensor_slice $order 0 $ntrain]]
+# The images as {n 1 8 8}.
+source [file join $here digits_data.tcl]
+lassign [digits::load [file join $here data digits.txt] {1 8 8}] X y n
+lassign [digits::split $X $y $n] Xtrain ytrain Xtest ytest ntrain ntest
 puts "digits CNN: $ntrain training and $ntest test images, batch $batch, $epochs epochs"
 
 torch::manual_seed 1
@@ -52,16 +28,6 @@ dict for {name p} [torch::named_parameters $model] {
 }
 set opt [torch::optimizer_adafactor -parameters $model]
 
-proc accuracy {model X y n} {
-    torch::eval $model
-    set logits [torch::forward $model $X]
-    set pred [torch::argmax $logits 1]
-    set hits [torch::sum [torch::eq $pred $y]]
-    set acc [expr {double([torch::tensor_item $hits]) / $n}]
-    torch::delete $logits $pred $hits
-    torch::train $model
-    return $acc
-}
 
 for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
     set perm [torch::randperm $ntrain]
@@ -83,7 +49,7 @@ for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
     }
     torch::delete $perm $Xs $ys
     puts [format "epoch %d/%d  loss %.4f  test accuracy %.2f%%" $epoch $epochs \
-              [expr {$total / $batches}] [expr {100 * [accuracy $model $Xtest $ytest $ntest]}]]
+              [expr {$total / $batches}] [expr {100 * [digits::accuracy $model $Xtest $ytest $ntest]}]]
 }
 
 # The state of the first convolution's weight: a row and a column factor
@@ -94,4 +60,4 @@ puts "conv weight [dict get $first shape]: Adafactor state\
       [dict map {k v} [dict remove [dict get $first state] step] {dict get $v shape}]"
 puts [format "optimizer state %d bytes (Adam would keep %d)" \
           [dict get $state state_bytes] [dict get $state adam_state_bytes]]
-puts [format "final test accuracy %.2f%%" [expr {100 * [accuracy $model $Xtest $ytest $ntest]}]]
+puts [format "final test accuracy %.2f%%" [expr {100 * [digits::accuracy $model $Xtest $ytest $ntest]}]]

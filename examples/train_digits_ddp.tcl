@@ -20,48 +20,13 @@ torch::distributed_init -timeout 120
 set rank [torch::distributed_rank]
 set world [torch::distributed_world_size]
 
-proc load_digits {file} {
-    set labels {}
-    set pixels {}
-    set f [open $file r]
-    while {[gets $f line] >= 0} {
-        if {$line eq "" || [string index $line 0] eq "#"} continue
-        lappend labels [lindex $line 0]
-        foreach v [lrange $line 1 end] {
-            lappend pixels [expr {$v / 16.0}]
-        }
-    }
-    close $f
-    set n [llength $labels]
-    list [torch::tensor_create $pixels [list $n 64]] \
-         [torch::tensor_create $labels {} int64] $n
-}
-
-lassign [load_digits [file join $here data digits.txt]] X y n
-torch::manual_seed 0
-set order [torch::randperm $n]
-set ntest [expr {$n / 5}]
-set ntrain [expr {$n - $ntest}]
-set train_idx [torch::tensor_slice $order 0 0 $ntrain]
-set test_idx [torch::tensor_slice $order 0 $ntrain]
-set Xtrain [torch::index_select $X 0 $train_idx]
-set ytrain [torch::index_select $y 0 $train_idx]
-set Xtest [torch::index_select $X 0 $test_idx]
-set ytest [torch::index_select $y 0 $test_idx]
+source [file join $here digits_data.tcl]
+lassign [digits::load [file join $here data digits.txt]] X y n
+lassign [digits::split $X $y $n] Xtrain ytrain Xtest ytest ntrain ntest
 if {$rank == 0} {
     puts "digits: $ntrain training and $ntest test samples, batch $batch, $epochs epochs, $world ranks"
 }
 
-proc accuracy {model X y n} {
-    torch::eval $model
-    set logits [torch::forward $model $X]
-    set pred [torch::argmax $logits 1]
-    set hits [torch::sum [torch::eq $pred $y]]
-    set acc [expr {double([torch::tensor_item $hits]) / $n}]
-    torch::delete $logits $pred $hits
-    torch::train $model
-    return $acc
-}
 
 # Each rank starts from its own weights: wrapping the network broadcasts
 # rank 0's.
@@ -99,7 +64,7 @@ for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
         torch::delete $xb $yb $logits $loss
     }
     torch::delete $perm $Xs $ys
-    set acc [accuracy $model $Xtest $ytest $ntest]
+    set acc [digits::accuracy $model $Xtest $ytest $ntest]
     if {$rank == 0} {
         puts [format "epoch %d/%d  loss %.4f (rank 0)  test accuracy %.2f%%" \
                   $epoch $epochs [expr {$total / $batches}] [expr {100 * $acc}]]
