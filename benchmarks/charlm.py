@@ -5,7 +5,7 @@ Python, side by side (a row of `make bench`):
     .venv/bin/python benchmarks/charlm.py --smoke    # a tiny model, the same code paths
 
 One step is: a batch of random windows, forward, cross-entropy, backward,
-gradient clipping, and two Adafactor steps (weight decay on the matrices, none
+gradient clipping, and an Adafactor step (weight decay on the matrices, none
 on the rest), with the learning rate set before it. The Tcl side runs the
 example's own procs in tclsh; the Python side the same model in torch.nn
 (nn.TransformerEncoderLayer, batch_first, norm_first, causal mask) with
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -26,6 +27,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -36,6 +40,40 @@ FULL = dict(layers=4, dModel=128, heads=4, ff=512, context=128, batch=16)  # the
 SMOKE = dict(layers=1, dModel=16, heads=2, ff=32, context=16, batch=4)
 COMMON = dict(lr=0.01, warmup=10, minLr=0.001, weightDecay=0.01, clip=1.0)
 TARGET = 1.05
+
+
+
+class CharLM(nn.Module):
+    """The example's model in torch.nn: token and position embeddings, causal
+    pre-norm GELU encoder layers, a final layer norm, a linear head (also the
+    reference of tests/test_charlm_example.py)."""
+
+    def __init__(self, vocab, dModel, heads, ff, layers, context, **_):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dModel)
+        self.pos = nn.Embedding(context, dModel)
+        self.blocks = nn.Sequential(
+            *[nn.TransformerEncoderLayer(dModel, heads, ff, 0.0, "gelu", batch_first=True,
+                                         norm_first=True) for _ in range(layers)],
+            nn.LayerNorm(dModel), nn.Linear(dModel, vocab))
+
+    def forward(self, x):
+        n = x.shape[1]
+        h = self.tok(x) + self.pos(torch.arange(n))
+        mask = nn.Transformer.generate_square_subsequent_mask(n)
+        for layer in self.blocks[:-2]:
+            h = layer(h, src_mask=mask, is_causal=True)
+        return self.blocks[-1](self.blocks[-2](h))
+
+
+def lr_at(step: int, c: dict) -> float:
+    """The schedule the example states: linear warm-up over c["warmup"] steps,
+    then a cosine down to c["minLr"] at step c["steps"]."""
+    if step <= c["warmup"]:
+        return c["lr"] * step / c["warmup"]
+    progress = (step - c["warmup"]) / max(1, c["steps"] - c["warmup"])
+    return c["minLr"] + 0.5 * (c["lr"] - c["minLr"]) * (1 + math.cos(math.pi * progress))
+
 
 TCL_SCRIPT = r"""
 package require torch
@@ -72,40 +110,16 @@ def tcl_round(config: dict, warm: int, steps: int, threads: int) -> float:
 
 def python_worker(config: dict, warm: int, steps: int) -> float:
     """The same step in torch.nn + tcltorch.Adafactor (run in its own process)."""
-    import math
-
-    import torch
-    from torch import nn
-
     import tcltorch
     text = TEXT.read_text(encoding="utf-8")
     chars = sorted(set(text))
     table = {c: i for i, c in enumerate(chars)}
     ids = torch.tensor([table[c] for c in text])
     train = ids[: len(ids) - len(ids) // 10]
-    vocab, d, T, B = len(chars), config["dModel"], config["context"], config["batch"]
+    vocab, T, B = len(chars), config["context"], config["batch"]
     torch.manual_seed(0)
 
-    class CharLM(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok = nn.Embedding(vocab, d)
-            self.pos = nn.Embedding(T, d)
-            self.blocks = nn.Sequential(
-                *[nn.TransformerEncoderLayer(d, config["heads"], config["ff"], 0.0, "gelu",
-                                             batch_first=True, norm_first=True)
-                  for _ in range(config["layers"])],
-                nn.LayerNorm(d), nn.Linear(d, vocab))
-
-        def forward(self, x):
-            n = x.shape[1]
-            h = self.tok(x) + self.pos(torch.arange(n))
-            mask = nn.Transformer.generate_square_subsequent_mask(n)
-            for layer in self.blocks[:-2]:
-                h = layer(h, src_mask=mask, is_causal=True)
-            return self.blocks[-1](self.blocks[-2](h))
-
-    model = CharLM()
+    model = CharLM(vocab, **config)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     plain = [p for p in model.parameters() if p.dim() < 2]
     opt = tcltorch.Adafactor(
@@ -117,12 +131,7 @@ def python_worker(config: dict, warm: int, steps: int) -> float:
     window = torch.arange(T + 1)
     total = warm + steps
 
-    def lr_at(s):
-        c = COMMON
-        if s <= c["warmup"]:
-            return c["lr"] * s / c["warmup"]
-        p = (s - c["warmup"]) / max(1, total - c["warmup"])
-        return c["minLr"] + 0.5 * (c["lr"] - c["minLr"]) * (1 + math.cos(math.pi * p))
+    schedule = {**COMMON, "steps": total}
 
     for s in range(1, total + 1):
         if s == warm + 1:
@@ -131,7 +140,7 @@ def python_worker(config: dict, warm: int, steps: int) -> float:
         xy = train.index_select(0, (starts + window).reshape(-1)).reshape(B, T + 1)
         x, y = xy[:, :T], xy[:, 1:]
         for g in opt.param_groups:
-            g["lr"] = lr_at(s)
+            g["lr"] = lr_at(s, schedule)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1))
         loss.backward()

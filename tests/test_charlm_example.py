@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,39 +16,12 @@ from torch import nn
 import tcltorch
 from conftest import REPO, tclsh_env
 
+sys.path.insert(0, str(REPO))
+from benchmarks.charlm import CharLM, lr_at as python_lr  # noqa: E402 - the model, once
+
 EXAMPLE = REPO / "examples" / "train_charlm.tcl"
 SMALL = dict(layers=2, dModel=32, heads=4, ff=64, context=32, batch=8, steps=20, warmup=5,
              lr=0.01, minLr=0.001, weightDecay=0.01, clip=1.0)
-
-
-class CharLM(nn.Module):
-    """The example's model in torch.nn: token and position embeddings, causal
-    pre-norm GELU encoder layers, a final layer norm, a linear head."""
-
-    def __init__(self, vocab, dModel, heads, ff, layers, context, **_):
-        super().__init__()
-        self.tok = nn.Embedding(vocab, dModel)
-        self.pos = nn.Embedding(context, dModel)
-        self.blocks = nn.Sequential(
-            *[nn.TransformerEncoderLayer(dModel, heads, ff, 0.0, "gelu", batch_first=True,
-                                         norm_first=True) for _ in range(layers)],
-            nn.LayerNorm(dModel), nn.Linear(dModel, vocab))
-
-    def forward(self, x):
-        n = x.shape[1]
-        h = self.tok(x) + self.pos(torch.arange(n))
-        mask = nn.Transformer.generate_square_subsequent_mask(n)
-        for layer in self.blocks[:-2]:
-            h = layer(h, src_mask=mask, is_causal=True)
-        return self.blocks[-1](self.blocks[-2](h))
-
-
-def python_lr(step, c):
-    """The schedule the example states: linear warm-up, then cosine to minLr."""
-    if step <= c["warmup"]:
-        return c["lr"] * step / c["warmup"]
-    progress = (step - c["warmup"]) / max(1, c["steps"] - c["warmup"])
-    return c["minLr"] + 0.5 * (c["lr"] - c["minLr"]) * (1 + math.cos(math.pi * progress))
 
 
 def unigram_baseline(val_fraction=0.1):
