@@ -1,6 +1,7 @@
 #include "tcltorch/checkpoint.h"
 
 #include <torch/optim/adam.h>
+#include <torch/optim/serialize.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
@@ -13,6 +14,7 @@
 #include <cstring>
 
 #include "tcltorch/adafactor.h"
+#include "tcltorch/adafactor_checkpoint.h"
 
 namespace tcltorch {
 
@@ -101,6 +103,61 @@ void load_optimizer(Adafactor& optimizer, const std::string& path) {
   for (std::size_t i = 0; i < optimizer.param_groups().size(); ++i) {
     optimizer.param_groups()[i].set_options(scratch.param_groups()[i].options().clone());
   }
+}
+
+AdafactorCheckpoint read_adafactor_checkpoint(const std::string& path) {
+  torch::serialize::InputArchive archive;
+  archive.load_from(path);
+  // LibTorch's own reader of optimizer archives (what Optimizer::load does
+  // before matching saved keys to live parameters): state by the saved
+  // parameters' keys, and each group's keys in order with its options.
+  torch::serialize::InputArchive state_archive;
+  archive.read("state", state_archive);
+  ska::flat_hash_map<void*, std::unique_ptr<torch::optim::OptimizerParamState>> saved_state;
+  torch::optim::detail::serialize<AdafactorParamState>(state_archive, saved_state);
+  torch::serialize::InputArchive groups_archive;
+  archive.read("param_groups", groups_archive);
+  std::vector<std::pair<std::vector<std::string>, std::unique_ptr<torch::optim::OptimizerOptions>>>
+      saved_groups;
+  torch::optim::detail::serialize<AdafactorOptions>(groups_archive, saved_groups);
+  AdafactorCheckpoint out;
+  std::int64_t index = 0;
+  for (auto& [keys, options] : saved_groups) {
+    out.groups.push_back({static_cast<std::int64_t>(keys.size()),
+                          static_cast<const AdafactorOptions&>(*options)});
+    for (const auto& key : keys) {
+      auto it = saved_state.find(reinterpret_cast<void*>(std::stoull(key)));
+      if (it != saved_state.end()) {
+        out.state.emplace(index, static_cast<const AdafactorParamState&>(*it->second));
+      }
+      ++index;
+    }
+  }
+  return out;
+}
+
+void write_adafactor_checkpoint(const AdafactorCheckpoint& checkpoint, const std::string& path) {
+  TORCH_CHECK(!checkpoint.groups.empty(), "an Adafactor checkpoint has at least one parameter group");
+  // An Adafactor over stand-in parameters (only their identity is saved),
+  // written by Adafactor::save itself: the format is the one every load reads.
+  std::vector<at::Tensor> stand_ins;
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (const auto& group : checkpoint.groups) {
+    TORCH_CHECK(group.size >= 0, "a parameter group of ", group.size, " parameters");
+    std::vector<at::Tensor> params;
+    for (std::int64_t i = 0; i < group.size; ++i) params.push_back(at::empty({0}));
+    stand_ins.insert(stand_ins.end(), params.begin(), params.end());
+    groups.emplace_back(std::move(params), std::make_unique<AdafactorOptions>(group.options));
+  }
+  Adafactor optimizer(groups, checkpoint.groups.front().options);
+  for (const auto& [index, state] : checkpoint.state) {
+    TORCH_CHECK(index >= 0 && index < static_cast<std::int64_t>(stand_ins.size()),
+                "state for parameter ", index, " but the groups hold ", stand_ins.size(),
+                " parameters");
+    optimizer.state()[stand_ins[index].unsafeGetTensorImpl()] =
+        std::make_unique<AdafactorParamState>(state);
+  }
+  save_optimizer(optimizer, path);
 }
 
 }  // namespace tcltorch

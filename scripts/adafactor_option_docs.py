@@ -33,14 +33,15 @@ TCL_DOOR_LAST = [
     ("`-shardState` *bool*", "false",
      "ZeRO stage 1 over the interpreter's process group (see "
      "[`torch::distributed_init`](distributed_init.md)): each rank keeps the state of its share of "
-     "the parameters only (whole parameters, balanced by bytes), steps those, then every parameter "
+     "the parameters only (whole parameters, balanced by bytes over all groups of `-groups`, each "
+     "stepped with its group's options), steps those, then every parameter "
      "is broadcast from the rank that steps it; a collective at each "
      "[`torch::optimizer_step`](optimizer_step.md). With the same gradients on every rank (see "
      "[`torch::distributed_data_parallel`](distributed_data_parallel.md)) the parameters equal the "
      "unsharded optimizer's bit for bit. [`torch::optimizer_save`](optimizer_save.md) and "
      "`torch::optimizer_load` are then collective, and `state_bytes` of "
      "[`torch::optimizer_state`](optimizer_state.md) counts this rank's share. Without a group: "
-     "`TORCH DISTRIBUTED STATE`; with `-groups`: `TORCH VALUE`."),
+     "`TORCH DISTRIBUTED STATE`."),
 ]
 TCL_TYPES = {"double": "double", "optional_double": "double", "bool": "bool", "int": "int",
              "enum": "name"}

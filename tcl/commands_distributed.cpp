@@ -330,20 +330,49 @@ int cmd_distributed_data_parallel(Registry& registry, Tcl_Interp* interp, int ob
 
 }  // namespace
 
-int sharded_adafactor_result(Registry& registry, Tcl_Interp* interp,
-                             const std::vector<at::Tensor>& params,
-                             const AdafactorOptions& options) {
+int sharded_adafactor_result(
+    Registry& registry, Tcl_Interp* interp,
+    const std::vector<std::pair<std::vector<at::Tensor>, AdafactorOptions>>& groups,
+    const AdafactorOptions& defaults) {
   auto group = group_or_fail(interp, "torch::optimizer_adafactor -shardState");
   if (!group) return TCL_ERROR;
-  AdafactorOptions opts = options;
-  auto make = [group, params, opts]() -> std::unique_ptr<torch::optim::Optimizer> {
-    return std::make_unique<distributed::ShardedAdafactor>(group, params, opts);
+  auto make = [group, groups, defaults]() -> std::unique_ptr<torch::optim::Optimizer> {
+    std::vector<torch::optim::OptimizerParamGroup> param_groups;
+    for (const auto& [params, options] : groups) {
+      param_groups.emplace_back(params, std::make_unique<AdafactorOptions>(options));
+    }
+    return std::make_unique<distributed::ShardedAdafactor>(group, param_groups, defaults);
   };
   return distributed_guard(interp, "torch::optimizer_adafactor", [&] {
     auto optimizer = make();
     return ok(interp, registry.add(std::make_shared<OptimizerEntry>(
                           OptimizerEntry{"adafactor", std::move(optimizer), make})));
   });
+}
+
+int sharded_load_agreed(Tcl_Interp* interp, const torch::optim::Optimizer& optimizer,
+                        const std::string& what, std::optional<std::string>& error) {
+  const auto* sharded = dynamic_cast<const distributed::ShardedAdafactor*>(&optimizer);
+  if (!sharded) return TCL_OK;
+  try {
+    auto& group = sharded->group();
+    const auto flags =
+        group.all_gather(at::full({1}, error ? 0 : 1, at::TensorOptions().dtype(at::kLong)));
+    std::string failed;
+    int count = 0;
+    for (int r = 0; r < group.world_size(); ++r) {
+      if (flags[r][0].item<std::int64_t>() != 0) continue;
+      failed += (count++ ? ", " : "") + std::to_string(r);
+    }
+    if (!error && count) {
+      error = (count > 1 ? "ranks " : "rank ") + failed +
+              " could not load it (every rank loads or none does)";
+    }
+  } catch (const distributed::Error& e) {
+    // This rank's own file error, if any, is the one to report.
+    if (!error) return fail(interp, what + e.what(), {"TORCH", "DISTRIBUTED", e.code()});
+  }
+  return TCL_OK;
 }
 
 const std::vector<CommandDef>& distributed_commands() {

@@ -20,6 +20,7 @@
 #include "objects.h"
 #include "tensor_util.h"
 #include "tcltorch/adafactor.h"
+#include "tcltorch/distributed_error.h"
 
 namespace tcltorch::tcl {
 namespace {
@@ -194,18 +195,12 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
   std::vector<std::pair<std::vector<at::Tensor>, AdafactorOptions>> groups;
   AdafactorOptions defaults;
   if (adafactor_groups(registry, interp, args, groups, defaults) != TCL_OK) return TCL_ERROR;
-  if (groups.size() == 1 && args.flag("shardState")) {
-    return sharded_adafactor_result(registry, interp, groups[0].first, groups[0].second);
-  }
+  if (args.flag("shardState")) return sharded_adafactor_result(registry, interp, groups, defaults);
   if (groups.size() == 1) {
     return optimizer_result(registry, interp, "adafactor",
                             [params = groups[0].first, options = groups[0].second] {
                               return std::make_unique<Adafactor>(params, options);
                             });
-  }
-  if (args.flag("shardState")) {
-    return bad_value(interp, "shardState", args.obj("shardState"),
-                     "takes one parameter group: leave out -groups, or use -shardState 0");
   }
   return optimizer_result(registry, interp, "adafactor", [groups, defaults] {
     std::vector<torch::optim::OptimizerParamGroup> param_groups;
@@ -468,6 +463,10 @@ int cmd_optimizer_save(Registry& registry, Tcl_Interp* interp, int objc,
       archive.write(kKindKey, c10::IValue(opt->type));
       archive.save_to(tmp);
     });
+  } catch (const distributed::Error& e) {
+    // The collective of a sharded optimizer's save (a peer gone, a timeout).
+    return fail(interp, "cannot save optimizer to \"" + file + "\": " + e.what(),
+                {"TORCH", "DISTRIBUTED", e.code()});
   } catch (const c10::Error& e) {
     return fail(interp, "cannot save optimizer to \"" + file + "\": " + e.what_without_backtrace(),
                 {"TORCH", "FILE", file});
@@ -489,26 +488,28 @@ int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
   if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
   const std::string file = args.str("file");
   std::unique_ptr<torch::optim::Optimizer> fresh;
+  std::optional<std::string> error;  // why this rank cannot load the file
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(file);
     c10::IValue kind;
     if (archive.try_read(kKindKey, kind) && kind.isString() && kind.toStringRef() != opt->type) {
-      return fail(interp,
-                  "cannot load " + opt->type + " optimizer from \"" + file + "\": the file holds " +
-                      with_article(kind.toStringRef()) + " optimizer",
-                  {"TORCH", "FILE", file});
+      error = "the file holds " + with_article(kind.toStringRef()) + " optimizer";
+    } else {
+      fresh = opt->make_fresh();
+      fresh->load(archive);
+      check_loaded_state(*fresh);
     }
-    fresh = opt->make_fresh();
-    fresh->load(archive);
-    check_loaded_state(*fresh);
   } catch (const c10::Error& e) {
-    return fail(interp,
-                "cannot load " + opt->type + " optimizer from \"" + file + "\": " +
-                    e.what_without_backtrace(),
-                {"TORCH", "FILE", file});
+    error = e.what_without_backtrace();
   } catch (const std::exception& e) {
-    return fail(interp, "cannot load " + opt->type + " optimizer from \"" + file + "\": " + e.what(),
+    error = e.what();
+  }
+  const std::string what = "cannot load " + opt->type + " optimizer from \"" + file + "\": ";
+  // A sharded optimizer loads on every rank or on none (collective).
+  if (sharded_load_agreed(interp, *opt->optimizer, what, error) != TCL_OK) return TCL_ERROR;
+  if (error) {
+    return fail(interp, what + *error,
                 {"TORCH", "FILE", file});
   }
   opt->optimizer = std::move(fresh);

@@ -125,6 +125,17 @@ def test_sharded_adafactor_equals_unsharded_bit_for_bit(two_ranks):
     assert all(0 < s < unsharded[0] for s in sharded)
 
 
+def test_sharded_adafactor_with_parameter_groups_equals_unsharded_bit_for_bit(two_ranks):
+    _, ranks = two_ranks
+    for r in ranks:
+        assert r["groups0"] == r["groups1"]
+    assert ranks[0]["groups1"] == ranks[1]["groups1"]
+    unsharded = [int(r["group_bytes0"]) for r in ranks]
+    sharded = [int(r["group_bytes1"]) for r in ranks]
+    assert unsharded[0] == unsharded[1] and sum(sharded) == unsharded[0]
+    assert all(0 < s < unsharded[0] for s in sharded)
+
+
 def test_checkpoint_at_two_ranks_resumes_in_one_plain_process(two_ranks):
     out, ranks = two_ranks
     run = run_tclsh(None, str(out), str(free_port()), file=HERE / "resume.tcl", timeout=60)
@@ -141,16 +152,97 @@ def test_checkpoint_at_two_ranks_resumes_in_one_plain_process(two_ranks):
     assert resumed["resumed0"] == resumed["resumed1"]
 
 
-def test_a_rank_that_exits_early_fails_the_others_next_collective(tmp_path):
-    run = torchrun("tclsh", str(HERE / "early_exit.tcl"), str(tmp_path), timeout=60)
-    text = (tmp_path / "early.txt").read_text()
+@pytest.fixture(scope="module")
+def early_exit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("early")
+    run = torchrun("tclsh", str(HERE / "early_exit.tcl"), str(out), timeout=90)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return out
+
+
+def test_sharded_checkpoint_continues_in_python_and_a_python_file_loads_in_tcl(
+        two_ranks, tmp_path):
+    """The consolidated file of the 2-rank sharded save, read by the Python door,
+    continues in tcltorch.Adafactor to the uninterrupted 2-rank numbers; the
+    state dict written back as a file loads in the Tcl door, whose steps then
+    equal Python's bit for bit."""
+    import tcltorch
+    from tcltorch.tcl import Interp
+
+    out, ranks = two_ranks
+    params = [p.clone().requires_grad_(True) for p in parsed(ranks[0]["at3"])]
+    opt = tcltorch.Adafactor(params)  # Python's defaults: the file's options replace them
+    opt.load_state_dict(tcltorch.load_optimizer_file(out / "adafactor.pt"))
+    group = opt.param_groups[0]
+    assert (group["lr"], group["beta1"], group["weight_decay"], group["relative_step"]) == (
+        0.05, 0.9, 0.01, False)
+    assert len(opt.state_dict()["state"]) == 4
+    x, y = full_batch()
+
+    def grads(ps):
+        return torch.autograd.grad(torch.nn.functional.mse_loss(forward(ps, x), y), ps)
+
+    for _ in range(3):  # steps 4..6
+        for p, g in zip(params, grads(params)):
+            p.grad = g
+        opt.step()
+    for got, want in zip(params, parsed(ranks[0]["adafactor1"])):
+        assert ((got.detach() - want).norm() / want.norm()) <= 1e-5
+
+    path = tmp_path / "from_python.pt"
+    tcltorch.save_optimizer_file(opt.state_dict(), path)
+    tcl = Interp()
+    twins = [p.detach().clone().requires_grad_(True) for p in params]
+    handles = " ".join(tcl.put_tensor(t) for t in twins)
+    opt_tcl = tcl.eval(f"torch::optimizer_adafactor -parameters {{{handles}}}")
+    tcl.call("torch::optimizer_load", opt_tcl, str(path))
+    for _ in range(2):
+        for ps in (params, twins):
+            for p, g in zip(ps, grads(ps)):
+                p.grad = g
+        opt.step()
+        tcl.call("torch::optimizer_step", opt_tcl)
+    for a, b in zip(params, twins):
+        assert torch.equal(a, b)
+    tcl.close()
+
+
+def test_a_rank_that_exits_early_fails_the_others_next_collective(early_exit):
+    text = (early_exit / "early.txt").read_text()
     rc, code, elapsed, msg = tcl_words(text)
     assert rc == "1", text
     assert code.split()[:2] == ["TORCH", "DISTRIBUTED"], text
     assert code.split()[2] in ("PEER", "TIMEOUT", "COLLECTIVE"), text
     assert int(elapsed) < 5000 + 2000, text
     assert msg.startswith("torch::all_reduce: ")
-    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def faults(path: Path) -> dict[str, list[str]]:
+    return {w[0]: w[1:] for w in map(tcl_words, path.read_text().splitlines())}
+
+
+def test_sharded_save_and_load_report_file_errors_as_file_and_a_lost_peer_as_distributed(
+        early_exit):
+    ranks = [faults(early_exit / f"faults{r}.txt") for r in range(2)]
+    for r in ranks:
+        assert r["save_good"][0] == "0" and r["load_good"][0] == "0", r
+        for name in ("save_bad_dir", "load_missing"):
+            rc, code, _, msg = r[name]
+            assert rc == "1" and code.split()[:2] == ["TORCH", "FILE"], (name, r[name])
+    # One rank's unreadable file fails the load on every rank, each saying why.
+    rc, code, _, msg = ranks[1]["load_one_missing"]
+    assert rc == "1" and code == f"TORCH FILE {early_exit / 'missing.pt'}", msg
+    rc, code, _, msg = ranks[0]["load_one_missing"]
+    assert rc == "1" and code == f"TORCH FILE {early_exit / 'good.pt'}", msg
+    assert "rank 1 could not load it" in msg
+    # The peer has gone: the collectives inside save and load fail within the timeout.
+    for name in ("save_peer_gone", "load_peer_gone"):
+        rc, code, elapsed, msg = ranks[0][name]
+        assert rc == "1" and code.split()[:2] == ["TORCH", "DISTRIBUTED"], (name, ranks[0][name])
+        assert code.split()[2] in ("PEER", "TIMEOUT", "COLLECTIVE"), (name, code)
+        assert int(elapsed) < 5000 + 2000, (name, elapsed)
+        assert msg.startswith("cannot "), msg
+    assert not (early_exit / "after.pt").exists()
 
 
 def tcl_words(line: str) -> list[str]:

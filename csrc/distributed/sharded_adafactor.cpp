@@ -23,8 +23,13 @@ std::vector<at::Tensor> all_params(const torch::optim::Optimizer& o) {
   return out;
 }
 
-const AdafactorOptions& options_of(const torch::optim::Optimizer& o) {
-  return static_cast<const AdafactorOptions&>(o.param_groups().front().options());
+// The optimizer's parameter groups, each with a copy of its options.
+std::vector<torch::optim::OptimizerParamGroup> groups_of(const torch::optim::Optimizer& o) {
+  return {o.param_groups().begin(), o.param_groups().end()};
+}
+
+const AdafactorOptions& defaults_of(const torch::optim::Optimizer& o) {
+  return static_cast<const AdafactorOptions&>(o.defaults());
 }
 
 // The state tensors of one parameter, in a fixed order.
@@ -36,9 +41,15 @@ std::vector<at::Tensor*> state_fields(AdafactorParamState& s) {
 
 ShardedAdafactor::ShardedAdafactor(std::shared_ptr<ProcessGroup> group,
                                    std::vector<torch::Tensor> params, AdafactorOptions defaults)
-    : Adafactor(params, std::move(defaults)), group_(std::move(group)) {
+    : ShardedAdafactor(std::move(group), {torch::optim::OptimizerParamGroup(std::move(params))},
+                       std::move(defaults)) {}
+
+ShardedAdafactor::ShardedAdafactor(
+    std::shared_ptr<ProcessGroup> group,
+    const std::vector<torch::optim::OptimizerParamGroup>& param_groups, AdafactorOptions defaults)
+    : Adafactor(param_groups, std::move(defaults)), group_(std::move(group)) {
   if (!group_) throw Error("STATE", "sharded Adafactor: no process group");
-  owners_ = partition_by_bytes(params, group_->world_size());
+  owners_ = partition_by_bytes(all_params(*this), group_->world_size());
 }
 
 torch::Tensor ShardedAdafactor::step(LossClosure closure) {
@@ -94,12 +105,19 @@ std::int64_t ShardedAdafactor::local_state_bytes() const {
 
 void ShardedAdafactor::save(torch::serialize::OutputArchive& archive) const {
   const auto params = all_params(*this);
-  const auto& options = options_of(*this);
-  Adafactor full(params, options);
+  // The options of each parameter's group.
+  std::vector<const AdafactorOptions*> options_by_param;
+  for (const auto& g : param_groups()) {
+    for (std::size_t k = 0; k < g.params().size(); ++k) {
+      options_by_param.push_back(&static_cast<const AdafactorOptions&>(g.options()));
+    }
+  }
+  Adafactor full(groups_of(*this), defaults_of(*this));
   c10::NoGradGuard no_grad;
   for (std::size_t i = 0; i < params.size(); ++i) {
     const int owner = owners_[i];
     const auto& p = params[i];
+    const auto& options = *options_by_param[i];
     auto it = state().find(p.unsafeGetTensorImpl());
     at::Tensor has = at::zeros({1}, at::kLong);
     if (owner == group_->rank() && it != state().end()) has.fill_(1);
@@ -126,7 +144,7 @@ void ShardedAdafactor::save(torch::serialize::OutputArchive& archive) const {
 
 void ShardedAdafactor::load(torch::serialize::InputArchive& archive) {
   const auto params = all_params(*this);
-  Adafactor full(params, options_of(*this));
+  Adafactor full(groups_of(*this), defaults_of(*this));
   full.load(archive);
   state().clear();
   for (std::size_t i = 0; i < params.size(); ++i) {
@@ -135,7 +153,9 @@ void ShardedAdafactor::load(torch::serialize::InputArchive& archive) {
     auto it = full.state().find(key);
     if (it != full.state().end()) state()[key] = std::move(it->second);
   }
-  param_groups().front().set_options(full.param_groups().front().options().clone());
+  for (std::size_t g = 0; g < param_groups().size(); ++g) {
+    param_groups()[g].set_options(full.param_groups()[g].options().clone());
+  }
 }
 
 }  // namespace tcltorch::distributed

@@ -9,6 +9,7 @@
 #include "adafactor_detail.h"
 #include "bridge.h"
 #include "tcltorch/adafactor.h"
+#include "tcltorch/adafactor_checkpoint.h"
 #include "tcltorch/checkpoint.h"
 
 namespace py = pybind11;
@@ -382,6 +383,38 @@ PYBIND11_MODULE(_C, m) {
         py::arg("reducer"),
         "One step of each local shard; reducer(t) must sum the float64 tensor t across "
         "the processes in place (e.g. torch.distributed.all_reduce).");
+
+  // A checkpoint file as ([(group size, core options)], {index: state}); the
+  // Python side (tcltorch/checkpoint.py) makes the state dict of it.
+  m.def("read_adafactor_checkpoint",
+        [](const std::string& path) {
+          tcltorch::AdafactorCheckpoint c;
+          {
+            py::gil_scoped_release release;
+            c = tcltorch::read_adafactor_checkpoint(path);
+          }
+          py::list groups;
+          for (const auto& g : c.groups) groups.append(py::make_tuple(g.size, options_dict(g.options)));
+          py::dict state;
+          for (const auto& [index, s] : c.state) state[py::int_(index)] = state_dict_of(s);
+          return py::make_tuple(groups, state);
+        },
+        py::arg("path"));
+  m.def("write_adafactor_checkpoint",
+        [](const std::string& path, const py::list& groups, const py::dict& state) {
+          tcltorch::AdafactorCheckpoint c;
+          for (const auto& g : groups) {
+            auto pair = g.cast<py::tuple>();
+            c.groups.push_back({pair[0].cast<std::int64_t>(),
+                                options_from(py::reinterpret_borrow<py::kwargs>(pair[1]))});
+          }
+          for (const auto& [index, s] : state) {
+            c.state.emplace(index.cast<std::int64_t>(), state_from_dict(s.cast<py::dict>()));
+          }
+          py::gil_scoped_release release;
+          tcltorch::write_adafactor_checkpoint(c, path);
+        },
+        py::arg("path"), py::arg("groups"), py::arg("state"));
 
   m.def("_set_fused_enabled", &tcltorch::detail::set_fused_enabled, py::arg("enabled"),
         "Tests and benchmarks: allow the fused CPU kernel (True) or force the ATen-op path.");

@@ -5,7 +5,8 @@ exposes it to Python, the Tcl package ``torch`` (see :func:`tcl_path`) to Tcl.
 
 ``import tcltorch`` alone does not import torch, so that ``python -m tcltorch
 tcl-path`` answers at once: the compiled parts (``Adafactor``,
-``from_transformers_state_dict``, ``_C``, and ``tcltorch.tcl``) are loaded on
+``from_transformers_state_dict``, ``load_optimizer_file``, ``save_optimizer_file``,
+``_C``, and ``tcltorch.tcl``) are loaded on
 first use, after checking that the installed torch is the one tcltorch was
 built against.
 """
@@ -19,6 +20,8 @@ from ._paths import cmake_prefix, tcl_path
 __version__ = _build_info.version
 
 _COMPILED = ("Adafactor", "from_transformers_state_dict", "_C")
+# The optimizer files of the Tcl and C++ doors (tcltorch/checkpoint.py).
+_CHECKPOINT = ("load_optimizer_file", "save_optimizer_file")
 
 
 def _check_torch(torch) -> None:
@@ -48,12 +51,14 @@ def __getattr__(name: str):
     if name in _COMPILED:
         optim = importlib.import_module(".optim", __name__)  # loads _C through the above
         return getattr(optim, name)
+    if name in _CHECKPOINT:
+        return getattr(importlib.import_module(".checkpoint", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_COMPILED))
+    return sorted(set(globals()) | set(_COMPILED) | set(_CHECKPOINT))
 
 
-__all__ = ["Adafactor", "from_transformers_state_dict", "__version__", "cmake_prefix",
-           "tcl_path", "_C"]
+__all__ = ["Adafactor", "from_transformers_state_dict", "load_optimizer_file",
+           "save_optimizer_file", "__version__", "cmake_prefix", "tcl_path", "_C"]

@@ -40,5 +40,24 @@ foreach shard {0 1} {
     dump $f adafactor$shard $n($shard)
     puts $f [list state_bytes$shard [dict get [torch::optimizer_state $o($shard)] state_bytes]]
 }
+
+# 3. Two parameter groups: the biases with their own lr and momentum and
+# without weight decay, unsharded and sharded.
+foreach shard {0 1} {
+    torch::manual_seed 7
+    set gn($shard) [make_net]
+    set gd($shard) [torch::distributed_data_parallel $gn($shard)]
+    lassign [torch::parameters $gn($shard)] w1 b1 w2 b2
+    set go($shard) [torch::optimizer_adafactor -parameters $gd($shard) -beta1 0.9 \
+        -weightDecay 0.01 -lr 0.05 -relativeStep 0 -shardState $shard \
+        -groups [list [list -parameters [list $b1 $b2] -weightDecay 0 -lr 0.02 -beta1 0.5]]]
+}
+for {set s 1} {$s <= 4} {incr s} {
+    foreach shard {0 1} { train_step $gd($shard) $go($shard) $x $y }
+}
+foreach shard {0 1} {
+    dump $f groups$shard $gn($shard)
+    puts $f [list group_bytes$shard [dict get [torch::optimizer_state $go($shard)] state_bytes]]
+}
 close $f
 torch::distributed_destroy

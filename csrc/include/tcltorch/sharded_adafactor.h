@@ -1,5 +1,6 @@
 // ZeRO stage 1 for tcltorch::Adafactor: each rank keeps the state of its
-// share of the parameters only (balanced by bytes), steps those, then every
+// share of the parameters only (balanced by bytes over all parameter groups),
+// steps those, then every
 // parameter is broadcast from the rank that owns it. With the same (averaged)
 // gradients on every rank the parameters equal the unsharded optimizer's bit
 // for bit.
@@ -16,6 +17,11 @@ namespace tcltorch::distributed {
 class TCLTORCH_API ShardedAdafactor : public Adafactor {
  public:
   ShardedAdafactor(std::shared_ptr<ProcessGroup> group, std::vector<torch::Tensor> params,
+                   AdafactorOptions defaults = {});
+  // Parameter groups, each with its options (as Adafactor takes them); the
+  // parameters of all groups are shared out together, by bytes.
+  ShardedAdafactor(std::shared_ptr<ProcessGroup> group,
+                   const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
                    AdafactorOptions defaults = {});
 
   // Steps this rank's parameters, then broadcasts every parameter from its
