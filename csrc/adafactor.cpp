@@ -367,25 +367,29 @@ torch::Tensor Adafactor::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
+  // Stepping in backward, the steps have run (step_in_backward.cpp).
+  if (in_backward_) return loss;
   for (auto& group : param_groups_) {
     auto& options = static_cast<AdafactorOptions&>(group.options());
     // Options may have been changed since construction (set_lr, a scheduler).
     options.validate();
     for (auto& p : group.params()) {
-      if (!p.grad().defined()) continue;
-      auto it = state_.find(p.unsafeGetTensorImpl());
-      if (it == state_.end()) {
-        auto state = std::make_unique<AdafactorParamState>();
-        adafactor_init_state(p, options, *state);
-        it = state_.emplace(p.unsafeGetTensorImpl(), std::move(state)).first;
-      }
-      if (!adafactor_step(p, p.grad(), static_cast<AdafactorParamState&>(*it->second),
-                          options)) {
-        ++skipped_updates_;
-      }
+      if (p.grad().defined()) step_parameter(p, options);
     }
   }
   return loss;
+}
+
+void Adafactor::step_parameter(const torch::Tensor& p, const AdafactorOptions& options) {
+  auto it = state_.find(p.unsafeGetTensorImpl());
+  if (it == state_.end()) {
+    auto state = std::make_unique<AdafactorParamState>();
+    adafactor_init_state(p, options, *state);
+    it = state_.emplace(p.unsafeGetTensorImpl(), std::move(state)).first;
+  }
+  if (!adafactor_step(p, p.grad(), static_cast<AdafactorParamState&>(*it->second), options)) {
+    ++skipped_updates_;
+  }
 }
 
 void Adafactor::save(torch::serialize::OutputArchive& archive) const {

@@ -42,6 +42,16 @@ TCL_DOOR_LAST = [
      "`torch::optimizer_load` are then collective, and `state_bytes` of "
      "[`torch::optimizer_state`](optimizer_state.md) counts this rank's share. Without a group: "
      "`TORCH DISTRIBUTED STATE`."),
+    ("`-stepInBackward` *bool*", "false",
+     "step each parameter inside [`torch::tensor_backward`](tensor_backward.md), as soon as its "
+     "gradient is accumulated, and free that gradient: a training step then holds about one "
+     "parameter's gradient instead of all of them, with the same bits as the usual step. "
+     "[`torch::optimizer_step`](optimizer_step.md) then does nothing; see "
+     "[STEP IN BACKWARD](#step-in-backward). Not with `-shardState 1` nor for the parameters of "
+     "a [`torch::distributed_data_parallel`](distributed_data_parallel.md) module: `TORCH VALUE`."),
+    ("`-accumulateSteps` *int*", "1",
+     "with `-stepInBackward 1`: the gradients of this many backward passes add up and the steps "
+     "run inside the last of them. `>= 1`."),
 ]
 TCL_TYPES = {"double": "double", "optional_double": "double", "bool": "bool", "int": "int",
              "enum": "name"}

@@ -21,6 +21,7 @@
 #include "tensor_util.h"
 #include "tcltorch/adafactor.h"
 #include "tcltorch/distributed_error.h"
+#include "tcltorch/step_in_backward.h"
 
 namespace tcltorch::tcl {
 namespace {
@@ -87,10 +88,12 @@ int collect_parameters(Registry& registry, Tcl_Interp* interp, Tcl_Obj* value,
 }
 
 // Registers an optimizer made by `make` (called now, and again for a fresh
-// copy when a checkpoint is loaded).
+// copy when a checkpoint is loaded), once `setup` (if any) accepted it.
 int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
-                     std::function<std::unique_ptr<torch::optim::Optimizer>()> make) {
+                     std::function<std::unique_ptr<torch::optim::Optimizer>()> make,
+                     const std::function<int(torch::optim::Optimizer&)>& setup = nullptr) {
   auto optimizer = make();
+  if (setup && setup(*optimizer) != TCL_OK) return TCL_ERROR;
   return ok(interp, registry.add(std::make_shared<OptimizerEntry>(
                         OptimizerEntry{std::move(type), std::move(optimizer), std::move(make)})));
 }
@@ -98,6 +101,8 @@ int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
 // ------------------------------------------------------------ Adafactor
 
 const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
+const NumberRule kAccumulateSteps{
+    [](double v) { return rule_accepts(kAccumulateStepsRule, v); }, rule_text(kAccumulateStepsRule)};
 
 // The Adafactor options come from the core's table (adafactor_args.h); the
 // door-level arguments are the command's own.
@@ -107,7 +112,12 @@ CommandSpec adafactor_spec(const char* name) {
       {{.name = "groups", .placeholder = "groups", .positional = false},
        // ZeRO-1 over the interpreter's process group (commands_distributed.cpp).
        {.name = "shardState", .snake = "shard_state", .type = ArgType::Bool,
-        .default_value = "0", .placeholder = "bool", .positional = false}});
+        .default_value = "0", .placeholder = "bool", .positional = false},
+       // Steps inside torch::tensor_backward (csrc/step_in_backward.cpp).
+       {.name = "stepInBackward", .snake = "step_in_backward", .type = ArgType::Bool,
+        .default_value = "0", .placeholder = "bool", .positional = false},
+       {.name = "accumulateSteps", .snake = "accumulate_steps", .type = ArgType::Int,
+        .default_value = "1", .placeholder = "n", .rule = kAccumulateSteps, .positional = false}});
 }
 const CommandSpec kAdafactor = adafactor_spec("torch::optimizer_adafactor");
 const CommandSpec kAdafactorAlias = adafactor_spec("torch::optimizerAdafactor");
@@ -192,6 +202,28 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
               int objc, Tcl_Obj* const objv[]) {
   Args args;
   if (parse_args(interp, spec, objc, objv, args) != TCL_OK) return TCL_ERROR;
+  const bool in_backward = args.flag("stepInBackward");
+  if (in_backward && args.flag("shardState")) {
+    return bad_value(interp, "stepInBackward", args.obj("stepInBackward"),
+                     "cannot be combined with -shardState 1: " +
+                         step_in_backward_conflict(StepInBackwardConflict::ShardedState));
+  }
+  if (!in_backward && args.integer("accumulateSteps") != 1) {
+    return bad_value(interp, "accumulateSteps", args.obj("accumulateSteps"),
+                     "takes effect only with -stepInBackward 1");
+  }
+  // The core's refusals (a parameter of a data parallel module, one that
+  // already has a post-accumulate-grad hook), as a bad -stepInBackward.
+  auto setup = [&](torch::optim::Optimizer& o) {
+    if (!in_backward) return TCL_OK;
+    try {
+      static_cast<Adafactor&>(o).set_step_in_backward(true, args.integer("accumulateSteps"));
+    } catch (const c10::ValueError& e) {
+      return bad_value(interp, "stepInBackward", args.obj("stepInBackward"),
+                       e.what_without_backtrace());
+    }
+    return TCL_OK;
+  };
   std::vector<std::pair<std::vector<at::Tensor>, AdafactorOptions>> groups;
   AdafactorOptions defaults;
   if (adafactor_groups(registry, interp, args, groups, defaults) != TCL_OK) return TCL_ERROR;
@@ -200,7 +232,8 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
     return optimizer_result(registry, interp, "adafactor",
                             [params = groups[0].first, options = groups[0].second] {
                               return std::make_unique<Adafactor>(params, options);
-                            });
+                            },
+                            setup);
   }
   return optimizer_result(registry, interp, "adafactor", [groups, defaults] {
     std::vector<torch::optim::OptimizerParamGroup> param_groups;
@@ -208,7 +241,7 @@ int adafactor(const CommandSpec& spec, Registry& registry, Tcl_Interp* interp,
       param_groups.emplace_back(params, std::make_unique<AdafactorOptions>(options));
     }
     return std::make_unique<Adafactor>(param_groups, defaults);
-  });
+  }, setup);
 }
 
 int cmd_optimizer_adafactor(Registry& r, Tcl_Interp* i, int c, Tcl_Obj* const v[]) {
@@ -316,7 +349,11 @@ int cmd_optimizer_step(Registry& registry, Tcl_Interp* interp, int objc,
   if (parse_args(interp, kStep, objc, objv, args) != TCL_OK) return TCL_ERROR;
   std::shared_ptr<OptimizerEntry> opt;
   if (!registry.get(interp, args.obj("optimizer"), opt)) return TCL_ERROR;
-  if (!opt->warned_no_gradients && !has_gradients(*opt->optimizer)) {
+  // Stepping inside backward, gradients are freed there and this step does
+  // nothing (Adafactor::step).
+  auto* ada = dynamic_cast<const Adafactor*>(opt->optimizer.get());
+  const bool in_backward = ada && ada->step_in_backward();
+  if (!opt->warned_no_gradients && !in_backward && !has_gradients(*opt->optimizer)) {
     opt->warned_no_gradients = true;
     warn(std::string("torch::optimizer_step: no parameter of ") +
          Tcl_GetString(args.obj("optimizer")) +
@@ -511,6 +548,17 @@ int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
   if (error) {
     return fail(interp, what + *error,
                 {"TORCH", "FILE", file});
+  }
+  auto* live = dynamic_cast<Adafactor*>(opt->optimizer.get());
+  if (live && live->step_in_backward()) {
+    // The live optimizer keeps its hooks and the count of an accumulation
+    // in progress (neither is in the file) and takes the file's state and
+    // options, as tcltorch::load_optimizer does.
+    live->state() = std::move(fresh->state());
+    for (std::size_t i = 0; i < live->param_groups().size(); ++i) {
+      live->param_groups()[i].set_options(fresh->param_groups()[i].options().clone());
+    }
+    return ok(interp, "");
   }
   opt->optimizer = std::move(fresh);
   return ok(interp, "");

@@ -116,7 +116,8 @@ def test_tcl_options_are_the_table(tcl):
         tcl.eval(f"torch::optimizer_adafactor -parameters {t} -x 1")
     listed = re.findall(r"-(\w+)", info.value.message.split(": must be ")[1])
     # door-level arguments around the table's
-    assert listed == ["parameters"] + [o["tcl"] for o in TABLE] + ["groups", "shardState"]
+    assert listed == ["parameters"] + [o["tcl"] for o in TABLE] + ["groups", "shardState", "stepInBackward",
+                                                                  "accumulateSteps"]
     for o in TABLE:  # every snake_case spelling works
         value = o["tcl_default"] or o["defaults"]["transformers"]
         if value is None:

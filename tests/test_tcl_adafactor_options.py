@@ -37,14 +37,16 @@ OPTIONS = [
     ("momentumStochasticRounding", "momentum_stochastic_rounding"),
 ]
 # Options of the command that are not the optimizer's numbers: -shardState
-# (a process group's ZeRO-1, tests/test_tcl_distributed.py).
-DOOR_OPTIONS = [("shardState", "shard_state")]
+# (a process group's ZeRO-1, tests/test_tcl_distributed.py), -stepInBackward
+# and -accumulateSteps (tests/test_step_in_backward_tcl_cpp.py).
+DOOR_OPTIONS = [("shardState", "shard_state"), ("stepInBackward", "step_in_backward"),
+                ("accumulateSteps", "accumulate_steps")]
 SPELLINGS = [s for pair in OPTIONS for s in pair if s]
 
 
 def unique_prefix(name: str) -> str:
     """The shortest prefix of `name` that no spelling of another option starts with."""
-    others = [s for pair in OPTIONS if name not in pair for s in pair if s]
+    others = [s for pair in OPTIONS + DOOR_OPTIONS if name not in pair for s in pair if s]
     for n in range(1, len(name) + 1):
         if not any(s.startswith(name[:n]) for s in others):
             return name[:n]

@@ -3,6 +3,7 @@
 // pass (every gradient accumulated); it all-reduces the gradients one flat
 // buffer per bucket.
 #include "tcltorch/distributed.h"
+#include "tcltorch/step_in_backward.h"
 
 #include <torch/csrc/autograd/engine.h>
 #include <torch/csrc/autograd/graph_task.h>
@@ -84,6 +85,10 @@ DataParallel::DataParallel(std::shared_ptr<ProcessGroup> group, std::vector<at::
     if (!p.defined() || !p.is_floating_point()) {
       throw Error("VALUE", "data parallel: every parameter must be a floating-point tensor");
     }
+    if (has_step_in_backward_hook(p)) {
+      throw Error("VALUE", "data parallel: " +
+                               step_in_backward_conflict(StepInBackwardConflict::DataParallel));
+    }
   }
   state_->group = std::move(group);
   state_->params = std::move(parameters);
@@ -111,9 +116,12 @@ DataParallel::DataParallel(std::shared_ptr<ProcessGroup> group, std::vector<at::
       });
     }));
   }
+  // An optimizer asked to step these parameters inside backward refuses.
+  for (const auto& p : state_->params) mark_averaged_after_backward(p, true);
 }
 
 DataParallel::~DataParallel() {
+  for (const auto& p : state_->params) mark_averaged_after_backward(p, false);
   for (auto [i, hook] : state_->hooks) {
     try {
       state_->params[i].remove_hook(hook);

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "error_util.h"
+#include "tcltorch/step_in_backward.h"
 
 namespace tcltorch::distributed {
 
@@ -50,6 +51,11 @@ ShardedAdafactor::ShardedAdafactor(
     : Adafactor(param_groups, std::move(defaults)), group_(std::move(group)) {
   if (!group_) throw Error("STATE", "sharded Adafactor: no process group");
   owners_ = partition_by_bytes(all_params(*this), group_->world_size());
+}
+
+void ShardedAdafactor::set_step_in_backward(bool on, std::int64_t accumulate_steps) {
+  TORCH_CHECK_VALUE(!on, step_in_backward_conflict(StepInBackwardConflict::ShardedState));
+  Adafactor::set_step_in_backward(false, accumulate_steps);
 }
 
 torch::Tensor ShardedAdafactor::step(LossClosure closure) {

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -18,6 +19,10 @@
 #include "tcltorch/export.h"
 
 namespace tcltorch {
+
+namespace detail {
+struct StepInBackward;  // step_in_backward.cpp
+}
 
 TCLTORCH_API const char* to_string(AdafactorVariant v);
 TCLTORCH_API const char* to_string(FactoredDims f);
@@ -120,6 +125,22 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
       AdafactorOptions defaults = {});
   explicit Adafactor(std::vector<torch::Tensor> params,
                      AdafactorOptions defaults = {});
+  // Removes this optimizer's hooks from its parameters (see below).
+  ~Adafactor() override;
+
+  // With `on`, each parameter is stepped inside backward, as soon as its
+  // gradient is accumulated, with its group's options at that moment, and
+  // the gradient is then freed; with accumulate_steps N > 1 the gradients of
+  // N backward passes accumulate and the steps run inside the N-th.
+  // step() then only runs its closure. A setting of this object, not an
+  // option: save/load neither store nor change it. Off (the default) and
+  // destruction remove exactly this optimizer's hooks. Throws
+  // c10::ValueError for accumulate_steps < 1, or for a parameter that
+  // already has a post-accumulate-grad hook or whose gradient a
+  // distributed::DataParallel averages after backward (step_in_backward.h).
+  virtual void set_step_in_backward(bool on, std::int64_t accumulate_steps = 1);
+  bool step_in_backward() const { return in_backward_ != nullptr; }
+  std::int64_t accumulate_steps() const;
 
   torch::Tensor step(LossClosure closure = nullptr) override;
   // Parameter updates skipped by skip_nan_updates since construction.
@@ -132,7 +153,12 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
   static void serialize(Self& self, Archive& archive) {
     _TORCH_OPTIM_SERIALIZE_WITH_TEMPLATE_ARG(Adafactor);
   }
+  // One parameter's step with its group's options: the state is made on
+  // first use; a skip_nan_updates skip is counted.
+  void step_parameter(const torch::Tensor& param, const AdafactorOptions& options);
+  friend struct detail::StepInBackward;
   std::int64_t skipped_updates_ = 0;
+  std::shared_ptr<detail::StepInBackward> in_backward_;
 };
 
 }  // namespace tcltorch

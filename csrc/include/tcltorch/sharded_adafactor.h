@@ -27,6 +27,8 @@ class TCLTORCH_API ShardedAdafactor : public Adafactor {
   // Steps this rank's parameters, then broadcasts every parameter from its
   // owner (collective).
   torch::Tensor step(LossClosure closure = nullptr) override;
+  // Refused when on (c10::ValueError, step_in_backward.h says why).
+  void set_step_in_backward(bool on, std::int64_t accumulate_steps = 1) override;
   // Collective: gathers every rank's state and writes the archive of the
   // equivalent unsharded Adafactor (the same on every rank), which an
   // unsharded optimizer, or a sharded one at any world size, loads.

@@ -1,0 +1,41 @@
+// The step inside backward (tcltorch::Adafactor::set_step_in_backward): its
+// rule and its refusals, worded once here for every door, and what other
+// parts of the library ask of it. No LibTorch headers beyond the tensor.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+
+#include "tcltorch/adafactor_options.h"
+#include "tcltorch/export.h"
+
+namespace tcltorch {
+
+// accumulate_steps: the number of backward passes whose gradients add up
+// before the step runs inside the last of them.
+inline constexpr OptionRule kAccumulateStepsRule = OptionRule::AtLeastOne;
+
+// Throws c10::ValueError ("accumulate_steps must be >= 1, got 0").
+TCLTORCH_API void check_accumulate_steps(std::int64_t accumulate_steps);
+
+// What the step in backward cannot be combined with, and why.
+enum class StepInBackwardConflict : std::int8_t {
+  ShardedState,  // distributed::ShardedAdafactor (ZeRO-1)
+  DataParallel,  // distributed::DataParallel
+};
+TCLTORCH_API std::string step_in_backward_conflict(StepInBackwardConflict conflict);
+
+// True when `param` carries the hook of an Adafactor that steps it inside
+// backward.
+TCLTORCH_API bool has_step_in_backward_hook(const at::Tensor& param);
+
+// For distributed::DataParallel, which averages its parameters' gradients
+// after backward: marks `param` as averaged (counted, so that two wrappers
+// of one parameter each hold a mark) or drops one mark. The step in backward
+// refuses a marked parameter.
+TCLTORCH_API void mark_averaged_after_backward(const at::Tensor& param, bool on);
+TCLTORCH_API bool averaged_after_backward(const at::Tensor& param);
+
+}  // namespace tcltorch

@@ -1,0 +1,247 @@
+// The step inside backward: a post-accumulate-grad hook on each parameter
+// runs that parameter's Adafactor step the moment backward has accumulated
+// its gradient, then frees the gradient, so that a training step holds about
+// one parameter's gradient instead of all of them. Each update depends only
+// on its own gradient and state (the clipping is per parameter), so the
+// result is the usual step's, bit for bit.
+//
+// Each tensor has a single post-accumulate-grad slot, which Python's
+// register_post_accumulate_grad_hook also uses (and overwrites): a parameter
+// whose slot is taken is refused, and removal clears only a slot that still
+// holds this optimizer's own hook. Hooks reach the optimizer through a weak
+// pointer, so a hook that outlives it does nothing.
+#include "tcltorch/step_in_backward.h"
+
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <c10/core/GradMode.h>
+#include <c10/util/Exception.h>
+
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "tcltorch/adafactor.h"
+
+namespace tcltorch {
+
+namespace {
+
+std::mutex averaged_mutex;
+std::unordered_map<const void*, int>& averaged() {
+  static std::unordered_map<const void*, int> marks;
+  return marks;
+}
+
+std::string shape_text(const at::Tensor& t) {
+  std::ostringstream out;
+  out << t.sizes();
+  return out.str();
+}
+
+}  // namespace
+
+void check_accumulate_steps(std::int64_t accumulate_steps) {
+  TORCH_CHECK_VALUE(rule_accepts(kAccumulateStepsRule, static_cast<double>(accumulate_steps)),
+                    "accumulate_steps must be ", rule_text(kAccumulateStepsRule), ", got ",
+                    accumulate_steps);
+}
+
+std::string step_in_backward_conflict(StepInBackwardConflict conflict) {
+  switch (conflict) {
+    case StepInBackwardConflict::ShardedState:
+      return "the step in backward does not compose with sharded optimizer state (ZeRO-1): "
+             "the sharded step needs the gradients averaged over the ranks, which happens "
+             "only after backward, and then broadcasts each parameter from the rank that "
+             "owns it";
+    case StepInBackwardConflict::DataParallel:
+      return "the step in backward does not compose with data parallel training: the "
+             "gradients are averaged over the ranks only after backward, so a step inside "
+             "backward would use this rank's local gradient";
+  }
+  return "";
+}
+
+void mark_averaged_after_backward(const at::Tensor& param, bool on) {
+  std::lock_guard<std::mutex> lock(averaged_mutex);
+  auto& marks = averaged();
+  const void* key = param.unsafeGetTensorImpl();
+  if (on) {
+    ++marks[key];
+  } else if (auto it = marks.find(key); it != marks.end() && --it->second <= 0) {
+    marks.erase(it);
+  }
+}
+
+bool averaged_after_backward(const at::Tensor& param) {
+  std::lock_guard<std::mutex> lock(averaged_mutex);
+  return averaged().count(param.unsafeGetTensorImpl()) != 0;
+}
+
+namespace detail {
+
+struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
+  struct Param {
+    at::Tensor tensor;
+    std::size_t group;
+    int stepped_in = -1;  // the backward pass that last stepped it
+  };
+
+  Adafactor* owner = nullptr;
+  std::int64_t accumulate_steps = 1;
+  std::mutex mutex;
+  // The backward pass (the autograd engine's graph task) seen last, how many
+  // passes the current accumulation has seen, and whether the one seen last
+  // is the pass that steps.
+  int pass = -1;
+  std::int64_t passes = 0;
+  bool stepping = false;
+  std::vector<Param> params;
+  std::vector<int> validated_in;  // per group: the pass that checked its options
+
+  // Steps params[i] with its group's options (validated once per pass, so
+  // that a changed lr or an edited option is checked), then frees its
+  // gradient. Called with `mutex` held.
+  void step(std::size_t i) {
+    Param& p = params[i];
+    if (!p.tensor.grad().defined()) return;
+    auto& options = static_cast<AdafactorOptions&>(owner->param_groups_[p.group].options());
+    if (validated_in[p.group] != pass) {
+      options.validate();
+      validated_in[p.group] = pass;
+    }
+    {
+      c10::NoGradGuard no_grad;
+      owner->step_parameter(p.tensor, options);
+    }
+    p.tensor.mutable_grad().reset();
+    p.stepped_in = pass;
+  }
+
+  // The hook of params[i]: backward has just accumulated its gradient.
+  void on_gradient(std::size_t i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    const int task = torch::autograd::get_current_graph_task_id();
+    if (task != pass) {  // the first parameter this backward pass reaches
+      pass = task;
+      stepping = ++passes >= accumulate_steps;
+      if (stepping) {
+        passes = 0;
+        // A parameter this pass does not reach may still hold a gradient
+        // from the earlier passes: it is stepped when the pass ends.
+        std::weak_ptr<StepInBackward> weak = weak_from_this();
+        torch::autograd::Engine::get_default_engine().queue_callback([weak, task] {
+          if (auto self = weak.lock()) self->finish(task);
+        });
+      }
+    }
+    if (stepping) step(i);
+  }
+
+  void finish(int task) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (pass != task) return;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (params[i].stepped_in != task) step(i);
+    }
+  }
+
+  // Clears every slot that still holds one of this object's hooks.
+  void remove_hooks();
+};
+
+namespace {
+
+struct Hook : torch::autograd::PostAccumulateGradHook {
+  Hook(std::weak_ptr<StepInBackward> owner, const StepInBackward* identity, std::size_t index)
+      : owner(std::move(owner)), identity(identity), index(index) {}
+  void operator()(const at::Tensor&) override {
+    if (auto s = owner.lock()) s->on_gradient(index);
+  }
+  std::weak_ptr<StepInBackward> owner;
+  const StepInBackward* identity;  // compared, never followed
+  std::size_t index;
+};
+
+// The hook in the slot of `t`, or nullptr (reading the slot needs autograd
+// metadata, which a tensor that never required grad lacks).
+torch::autograd::PostAccumulateGradHook* slot_hook(const at::Tensor& t) {
+  if (!torch::autograd::impl::get_autograd_meta(t)) return nullptr;
+  return torch::autograd::impl::post_acc_grad_hooks(t).get();
+}
+
+}  // namespace
+
+void StepInBackward::remove_hooks() {
+  for (auto& p : params) {
+    auto* hook = dynamic_cast<Hook*>(slot_hook(p.tensor));
+    if (hook && hook->identity == this) {
+      torch::autograd::impl::post_acc_grad_hooks(p.tensor).reset();
+    }
+  }
+}
+
+}  // namespace detail
+
+bool has_step_in_backward_hook(const at::Tensor& param) {
+  return dynamic_cast<detail::Hook*>(detail::slot_hook(param)) != nullptr;
+}
+
+Adafactor::~Adafactor() {
+  try {
+    if (in_backward_) in_backward_->remove_hooks();
+  } catch (...) {
+  }
+}
+
+std::int64_t Adafactor::accumulate_steps() const {
+  return in_backward_ ? in_backward_->accumulate_steps : 1;
+}
+
+void Adafactor::set_step_in_backward(bool on, std::int64_t accumulate_steps) {
+  check_accumulate_steps(accumulate_steps);
+  if (!on) {
+    if (in_backward_) in_backward_->remove_hooks();
+    in_backward_.reset();
+    return;
+  }
+  if (in_backward_) {
+    std::lock_guard<std::mutex> lock(in_backward_->mutex);
+    in_backward_->accumulate_steps = accumulate_steps;
+    return;
+  }
+  auto state = std::make_shared<detail::StepInBackward>();
+  state->owner = this;
+  state->accumulate_steps = accumulate_steps;
+  state->validated_in.assign(param_groups_.size(), -1);
+  // Every parameter is checked before any hook is set: all or nothing.
+  std::unordered_set<const void*> seen;
+  for (std::size_t g = 0; g < param_groups_.size(); ++g) {
+    for (const auto& p : param_groups_[g].params()) {
+      if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
+      TORCH_CHECK_VALUE(p.is_leaf(), "step in backward: a parameter of shape ", shape_text(p),
+                        " is not a leaf tensor (it was computed from others), so backward "
+                        "never accumulates a gradient into it");
+      TORCH_CHECK_VALUE(!averaged_after_backward(p),
+                        step_in_backward_conflict(StepInBackwardConflict::DataParallel));
+      TORCH_CHECK_VALUE(
+          !detail::slot_hook(p), "step in backward: a parameter of shape ", shape_text(p),
+          " already has a post-accumulate-grad hook (",
+          has_step_in_backward_hook(p) ? "another optimizer steps it in backward"
+                                       : "for example from register_post_accumulate_grad_hook",
+          "), and a tensor has one such hook: remove it first");
+      state->params.push_back({p, g});
+    }
+  }
+  for (std::size_t i = 0; i < state->params.size(); ++i) {
+    torch::autograd::impl::set_post_acc_grad_hooks(
+        state->params[i].tensor, std::make_unique<detail::Hook>(state, state.get(), i));
+  }
+  in_backward_ = std::move(state);
+}
+
+}  // namespace tcltorch

@@ -1,0 +1,343 @@
+"""The step inside backward through the Tcl door (torch::optimizer_adafactor
+-stepInBackward / -accumulateSteps, performed by torch::tensor_backward) and
+the C++ door (tcltorch::Adafactor::set_step_in_backward, through
+examples/cpp_step_in_backward).
+
+The forward pass runs in Tcl on parameters shared with Python. Each run with
+the step in backward is compared bit for bit with the usual backward +
+torch::optimizer_step over the same parameters and batches, and, for the
+torch variant, with torch.optim.Adafactor stepped inside backward by
+PyTorch's own post-accumulate-grad hooks (the pattern of torch's
+_apply_optimizer_in_backward), as an independent reference."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_tclsh
+from reference import rel_err
+from tcltorch.tcl import TclError
+
+STEPS = 6
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+# w and b are used twice in the graph; w and v are factored, b is not.
+FORWARD = """
+proc loss_of {x y} {
+    global w b v
+    set h [torch::add [torch::matmul $x $w] $b]
+    set h [torch::add [torch::matmul $h $w] $b]
+    return [torch::mse_loss [torch::matmul $h $v] $y]
+}
+"""
+
+OPTIONS = {
+    # momentum and weight decay, the transformers variant (Tcl's default)
+    "beta1_wd": "-lr 0.05 -beta1 0.9 -weightDecay 0.05",
+    # torch.optim.Adafactor's numbers, with weight decay
+    "torch": "-variant torch -lr 0.05 -weightDecay 0.1",
+}
+
+
+def problem(dtype, batches, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"w": (5, 5), "b": (5,), "v": (5, 3)}
+    params = {k: (torch.randn(s, generator=gen, dtype=torch.float64) * 0.5).to(dtype)
+              for k, s in shapes.items()}
+    data = [(torch.randn(8, 5, generator=gen, dtype=torch.float64).to(dtype),
+             torch.randn(8, 3, generator=gen, dtype=torch.float64).to(dtype))
+            for _ in range(batches)]
+    return params, data
+
+
+def lr_at(step):
+    """A schedule: the lr falls by a tenth each step."""
+    return 0.05 * (1 - 0.1 * step)
+
+
+def setup_tcl(tcl, params0, data):
+    params = {k: p.clone().requires_grad_() for k, p in params0.items()}
+    for k, p in params.items():
+        tcl.eval(f"set {k} {tcl.put_tensor(p)}")
+    batches = [(tcl.put_tensor(x), tcl.put_tensor(y)) for x, y in data]
+    tcl.eval(FORWARD)
+    return params, batches
+
+
+def run_tcl(tcl, dtype, options, in_backward, accumulate=1, checkpoint=None):
+    """STEPS steps of `accumulate` backward passes each, the lr set before
+    each step. `checkpoint(tcl, opt, step, micro)` may replace the optimizer
+    between backward passes; it returns the handle to go on with."""
+    params0, data = problem(dtype, STEPS * accumulate)
+    params, batches = setup_tcl(tcl, params0, data)
+    extra = f" -stepInBackward 1 -accumulateSteps {accumulate}" if in_backward else ""
+    make = f"torch::optimizer_adafactor -parameters [list $w $b $v] {options}{extra}"
+    opt = tcl.eval(make)
+    for step in range(STEPS):
+        tcl.eval(f"torch::optimizer_lr {opt} {lr_at(step)}")
+        for micro in range(accumulate):
+            if checkpoint:
+                opt = checkpoint(tcl, opt, step, micro, make)
+            x, y = batches[step * accumulate + micro]
+            tcl.eval(f"torch::tensor_backward [loss_of {x} {y}]")
+            if in_backward:
+                stepped = micro == accumulate - 1
+                # After the stepping pass no gradient is left; before it they add up.
+                grads = [tcl.eval(f"torch::tensor_grad ${k}") for k in "wbv"]
+                assert (grads == ["", "", ""]) == stepped, (step, micro, grads)
+        if not in_backward:
+            tcl.eval(f"torch::optimizer_step {opt}")
+            tcl.eval(f"torch::optimizer_zero_grad {opt}")
+        else:
+            before = {k: p.detach().clone() for k, p in params.items()}
+            tcl.eval(f"torch::optimizer_step {opt}")  # nothing left to do
+            tcl.eval(f"torch::optimizer_zero_grad {opt}")  # harmless
+            assert all(torch.equal(before[k], params[k].detach()) for k in params)
+    moved = {k: not torch.equal(params[k].detach(), params0[k]) for k in params}
+    assert all(moved.values()), moved
+    return {k: p.detach().clone() for k, p in params.items()}
+
+
+def assert_same_bits(a, b):
+    for k in a:
+        assert a[k].dtype == b[k].dtype
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_step_in_backward_is_the_usual_step_bit_for_bit(tcl, dtype, options):
+    usual = run_tcl(tcl, dtype, OPTIONS[options], in_backward=False)
+    inside = run_tcl(tcl, dtype, OPTIONS[options], in_backward=True)
+    assert_same_bits(inside, usual)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_accumulate_steps_is_the_usual_step_after_n_backwards(tcl, dtype):
+    usual = run_tcl(tcl, dtype, OPTIONS["beta1_wd"], in_backward=False, accumulate=3)
+    inside = run_tcl(tcl, dtype, OPTIONS["beta1_wd"], in_backward=True, accumulate=3)
+    assert_same_bits(inside, usual)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_step_in_backward_matches_torch_adafactor_stepped_in_backward(tcl, dtype):
+    """torch.optim.Adafactor, one per parameter, stepped by PyTorch's
+    register_post_accumulate_grad_hook, which then frees the gradient."""
+    got = run_tcl(tcl, dtype, OPTIONS["torch"], in_backward=True)
+    params0, data = problem(dtype, STEPS)
+    params = {k: p.clone().requires_grad_() for k, p in params0.items()}
+    optims = {k: torch.optim.Adafactor([p], lr=0.05, weight_decay=0.1, foreach=False)
+              for k, p in params.items()}
+
+    def hook(k):
+        def step(p):
+            optims[k].step()
+            p.grad = None
+        return step
+
+    for k, p in params.items():
+        p.register_post_accumulate_grad_hook(hook(k))
+    for step, (x, y) in enumerate(data):
+        for o in optims.values():
+            o.param_groups[0]["lr"] = lr_at(step)
+        h = x @ params["w"] + params["b"]
+        h = h @ params["w"] + params["b"]
+        torch.nn.functional.mse_loss(h @ params["v"], y).backward()
+        assert all(p.grad is None for p in params.values())
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    for k in params:
+        assert rel_err(got[k], params[k].detach()) <= tol, k
+
+
+def test_save_and_load_in_the_middle_continue_bit_for_bit(tcl, tmp_path):
+    """optimizer_save halfway, then: load into the same handle in the middle
+    of an accumulation (the count goes on), or delete the handle and load into
+    a new optimizer stepping in backward."""
+    path = tmp_path / "opt.pt"
+    usual = run_tcl(tcl, torch.float32, OPTIONS["beta1_wd"], in_backward=False, accumulate=2)
+
+    def same_handle(tcl, opt, step, micro, make):
+        if (step, micro) == (STEPS // 2, 1):
+            tcl.eval(f"torch::optimizer_save {opt} {path}")
+            tcl.eval(f"torch::optimizer_load {opt} {path}")
+        return opt
+
+    def new_handle(tcl, opt, step, micro, make):
+        if (step, micro) == (STEPS // 2, 0):
+            tcl.eval(f"torch::optimizer_save {opt} {path}")
+            tcl.eval(f"torch::delete {opt}")
+            opt = tcl.eval(make)
+            tcl.eval(f"torch::optimizer_load {opt} {path}")
+            tcl.eval(f"torch::optimizer_lr {opt} {lr_at(step)}")
+        return opt
+
+    for checkpoint in (same_handle, new_handle):
+        inside = run_tcl(tcl, torch.float32, OPTIONS["beta1_wd"], in_backward=True,
+                         accumulate=2, checkpoint=checkpoint)
+        assert_same_bits(inside, usual)
+
+
+def params_of(tcl):
+    tcl.eval("set w [torch::zeros -shape {4 3} -requiresGrad 1]; set b [torch::zeros -shape {3} -requiresGrad 1]")
+    return "[list $w $b]"
+
+
+def error_of(tcl, script):
+    with pytest.raises(TclError) as info:
+        tcl.eval(script)
+    return info.value.message, info.value.code
+
+
+@pytest.mark.parametrize("spelling", ["-stepInBackward 1 -accumulateSteps 2",
+                                      "-step_in_backward yes -accumulate_steps 2"])
+def test_camel_and_snake_case(tcl, spelling):
+    opt = tcl.eval(f"torch::optimizer_adafactor -parameters {params_of(tcl)} {spelling}")
+    assert opt.startswith("optimizer")
+
+
+@pytest.mark.parametrize("args, message, code", [
+    ("-accumulateSteps 0 -stepInBackward 1", 'bad value "0" for -accumulateSteps: must be >= 1',
+     ("TORCH", "VALUE", "-accumulateSteps", "0")),
+    ("-accumulateSteps 2.5 -stepInBackward 1", 'bad value "2.5" for -accumulateSteps: must be an integer',
+     ("TORCH", "VALUE", "-accumulateSteps", "2.5")),
+    ("-stepInBackward maybe", 'bad value "maybe" for -stepInBackward: must be a boolean',
+     ("TORCH", "VALUE", "-stepInBackward", "maybe")),
+    ("-accumulateSteps 4", 'bad value "4" for -accumulateSteps: takes effect only with -stepInBackward 1',
+     ("TORCH", "VALUE", "-accumulateSteps", "4")),
+    ("-stepInBackward 1 -shardState 1",
+     'bad value "1" for -stepInBackward: cannot be combined with -shardState 1: the step in '
+     'backward does not compose with sharded optimizer state (ZeRO-1): the sharded step needs the '
+     'gradients averaged over the ranks, which happens only after backward',
+     ("TORCH", "VALUE", "-stepInBackward", "1")),
+])
+def test_bad_values_and_refused_combinations(tcl, args, message, code):
+    params = params_of(tcl)
+    before = tcl.handles()
+    got, got_code = error_of(tcl, f"torch::optimizer_adafactor -parameters {params} {args}")
+    assert got.startswith(message), got
+    assert got_code == code
+    assert tcl.handles() == before  # nothing was created
+
+
+def test_one_optimizer_per_parameter_until_the_first_is_deleted(tcl):
+    params = params_of(tcl)
+    first = tcl.eval(f"torch::optimizer_adafactor -parameters {params} -stepInBackward 1")
+    message, code = error_of(
+        tcl, f"torch::optimizer_adafactor -parameters {params} -stepInBackward 1")
+    assert message == ('bad value "1" for -stepInBackward: step in backward: a parameter of shape '
+                       '[4, 3] already has a post-accumulate-grad hook (another optimizer steps '
+                       'it in backward), and a tensor has one such hook: remove it first')
+    assert code == ("TORCH", "VALUE", "-stepInBackward", "1")
+    # the usual step is still possible beside it
+    tcl.eval(f"torch::optimizer_adafactor -parameters {params}")
+    tcl.eval(f"torch::delete {first}")
+    tcl.eval(f"torch::optimizer_adafactor -parameters {params} -stepInBackward 1")
+
+
+def backward_once(tcl):
+    tcl.eval("set x [torch::ones {2 4}]")
+    tcl.eval("torch::tensor_backward [torch::sum [torch::add [torch::matmul $x $w] $b]]")
+
+
+def test_no_step_and_no_crash_after_the_handle_is_deleted(tcl):
+    params = params_of(tcl)
+    w = tcl.tensor(tcl.eval("set w"))
+    opt = tcl.eval(f"torch::optimizer_adafactor -parameters {params} -stepInBackward 1 -lr 0.1")
+    backward_once(tcl)
+    assert tcl.eval("torch::tensor_grad $w") == ""
+    stepped = w.detach().clone()
+    assert not torch.equal(stepped, torch.zeros(4, 3))
+    tcl.eval(f"torch::delete {opt}")
+    backward_once(tcl)  # the hooks went with the handle
+    assert torch.equal(w.detach(), stepped)
+    assert tcl.eval("torch::tensor_grad $w") != ""
+
+
+def test_no_crash_after_the_interpreter_is_deleted(tcl):
+    w = torch.zeros(4, 3, requires_grad=True)
+    tcl.eval(f"set w {tcl.put_tensor(w)}")
+    tcl.eval("torch::optimizer_adafactor -parameters $w -stepInBackward 1 -lr 0.1")
+    tcl.close()
+    (torch.ones(2, 4) @ w).sum().backward()
+    assert torch.equal(w.detach(), torch.zeros(4, 3))
+    assert w.grad is not None
+
+
+def test_optimizer_step_does_not_warn_in_tclsh():
+    run = run_tclsh("""
+package require torch
+set w [torch::zeros -shape {4 3} -requiresGrad 1]
+set opt [torch::optimizer_adafactor -parameters $w -stepInBackward 1]
+torch::tensor_backward [torch::sum [torch::matmul [torch::ones {2 4}] $w]]
+torch::optimizer_step $opt
+puts [dict get [torch::optimizer_state $opt] parameters $w step]
+""")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1"]
+    assert "warning" not in run.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_data_parallel_is_refused_in_either_order():
+    run = run_tclsh(f"""
+package require torch
+torch::distributed_init -rank 0 -worldSize 1 -masterAddr 127.0.0.1 -masterPort {free_port()} -timeout 60
+set model [torch::linear 4 3]
+set ddp [torch::distributed_data_parallel $model]
+catch {{torch::optimizer_adafactor -parameters $ddp -stepInBackward 1}} msg opts
+puts $msg
+puts [dict get $opts -errorcode]
+set other [torch::linear 4 3]
+set opt [torch::optimizer_adafactor -parameters $other -stepInBackward 1]
+catch {{torch::distributed_data_parallel $other}} msg opts
+puts $msg
+puts [dict get $opts -errorcode]
+torch::distributed_destroy
+""", timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    why = ("the step in backward does not compose with data parallel training: the gradients are "
+           "averaged over the ranks only after backward, so a step inside backward would use "
+           "this rank's local gradient")
+    assert lines[0] == f'bad value "1" for -stepInBackward: {why}'
+    assert lines[1] == "TORCH VALUE -stepInBackward 1"
+    assert lines[2] == f"torch::distributed_data_parallel: data parallel: {why}"
+    assert lines[3] == "TORCH DISTRIBUTED VALUE"
+
+
+# ---------------------------------------------------------------- C++
+
+def test_cpp_example_is_the_usual_step_bit_for_bit():
+    """examples/cpp_step_in_backward, built against the installed CMake
+    package (kept in build/ between runs, like the docs' C++ examples)."""
+    prefix = subprocess.run([sys.executable, "-m", "tcltorch", "cmake-prefix"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    build = REPO / "build" / "step-in-backward-example"
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    for cmd in (["cmake", "-S", str(REPO / "examples" / "cpp_step_in_backward"), "-B", str(build),
+                 f"-DCMAKE_PREFIX_PATH={prefix}", "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(build)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    run = subprocess.run([str(build / "step_in_backward")], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=build)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    for dtype in ("float32", "float64", "bfloat16"):
+        for n in (1, 3):
+            assert f"{dtype}, accumulate_steps {n}: the same bits" in out
+    assert re.search(r"^an error inside backward: lr must be a finite number", out, re.M)
+    assert "refused: step in backward: a parameter of shape [8, 8] already has a " \
+           "post-accumulate-grad hook (another optimizer steps it in backward)" in out
+    assert "after the optimizer is gone, backward only accumulates gradients" in out
