@@ -216,12 +216,16 @@ class Bench:
             f"{100 * other:.0f} % CPU): {cells}")
 
     def run_times(self):
+        # --sets and --impls restrict a run to some rows (no size sweep).
+        sets = self.args.sets.split(",") if self.args.sets else MAIN_SETS
+        keys = set(self.args.impls.split(",")) if self.args.impls else None
         for threads in self.threads:
             torch.set_num_threads(threads)
-            for key in MAIN_SETS:
-                self.time_set(self.sets[key], threads)
-            for pset in self.sweep:
-                self.time_set(pset, threads, SWEEP_IMPLS)
+            for key in sets:
+                self.time_set(self.sets[key], threads, keys)
+            for pset in self.sweep if not self.args.sets else ():
+                self.time_set(pset, threads,
+                              [k for k in SWEEP_IMPLS if keys is None or k in keys])
         torch.set_num_threads(self.threads[0])
 
     def run_peaks(self, program) -> list[dict]:
@@ -271,6 +275,10 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes and few samples: checks the code paths, not speed")
     ap.add_argument("--threads", default="2,1", help="thread counts (default 2,1)")
+    ap.add_argument("--sets", default=None, metavar="A,B",
+                    help=f"time only these sets (of {','.join(MAIN_SETS)}; no size sweep)")
+    ap.add_argument("--impls", default=None, metavar="A,B",
+                    help="time only these rows (keys as in the JSON, e.g. cpp,py)")
     ap.add_argument("--reps", type=int, default=15,
                     help="samples per row (slow rows: fewer, at least 5)")
     ap.add_argument("--json", type=Path, default=None,

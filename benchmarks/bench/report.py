@@ -124,6 +124,19 @@ def targets(results) -> list[dict]:
                 value, "<=", 5, "us", note)
             if unresolved:
                 out[-1]["met"] = "unresolved"
+        # The Python door (tcltorch.Adafactor, a torch.optim.Optimizer) at the
+        # C++ door: a ratio where the step's work dominates, the time a call
+        # adds on the tiny set (a few us of Python, against a 4 us step).
+        if L.available("py"):
+            for key in (k for k in results["main_sets"] if k != "tiny"):
+                add("py_vs_cpp", f"{key}: tcltorch.Adafactor / C++ door", threads, "py",
+                    ratio(L.time(key, threads, "py"), L.time(key, threads, "cpp")),
+                    "<=", 1.15, "x")
+            diff, spread = L.paired_difference("tiny", threads, "py", "cpp")
+            add("py_overhead", "tiny: tcltorch.Adafactor - C++ door, per step", threads, "py",
+                None if diff is None else diff * 1e6, "<=", 10, "us",
+                "median of per-round differences" + (
+                    "" if spread is None else f", spread (IQR/2) {spread * 1e6:.2f} us"))
     for door in MEMORY_DOORS:
         r = L.peak.get(("transformer", door))
         if r is None:

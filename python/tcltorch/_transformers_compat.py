@@ -63,13 +63,22 @@ def _rms(p: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(p) / math.sqrt(max(p.numel(), 1)))
 
 
+# The group keys records_rms reads.
+RMS_RECORD_KEYS = ("scale_parameter", "external_lr", "relative_step", "warmup_init")
+
+
+def records_rms(group: dict) -> bool:
+    """Whether before_step records anything for this group: reporting groups
+    with parameter scaling."""
+    return bool(group["scale_parameter"]) and _lr_reports(group)
+
+
 def before_step(rms_by_param: dict, group: dict) -> None:
     """Records RMS(param) of the group's first parameter before the step, for
     ``reported_lr`` (as transformers keeps ``state["RMS"]``); only where it is
-    needed: reporting groups with parameter scaling."""
+    needed (records_rms)."""
     first = group["params"][0] if group["params"] else None
-    if (first is not None and first.grad is not None and group["scale_parameter"]
-            and _lr_reports(group)):
+    if first is not None and first.grad is not None and records_rms(group):
         rms_by_param[first] = _rms(first)
 
 

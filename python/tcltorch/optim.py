@@ -1,11 +1,13 @@
 """tcltorch.Adafactor: a drop-in for torch.optim.Adafactor on the fused C++ core."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from . import _C
 from . import _transformers_compat as _hf
@@ -88,11 +90,17 @@ def _group_value(group: dict, name: str):
     return group[name]
 
 
+_TYPES = {o["name"]: o["type"] for o in _OPTIONS}
+
+
+def _core_value(group: dict, name: str):
+    """The core's value of option `name` in a parameter group."""
+    return _CONVERT[_TYPES[name]](name, _group_value(group, name))
+
+
 def _core_options(group: dict) -> dict:
-    """The core's keyword options for a parameter group, read at step time so
-    that LR schedulers and wrappers that edit param_groups take effect."""
-    return {o["name"]: _CONVERT[o["type"]](o["name"], _group_value(group, o["name"]))
-            for o in _OPTIONS}
+    """The core's keyword options for a parameter group."""
+    return {name: _core_value(group, name) for name in _TYPES}
 
 
 def _validate(group: dict) -> None:
@@ -194,6 +202,66 @@ class _Sharded:
                 state.update(_Sharded.wrap_state(p, {"exp_avg": local_state["exp_avg"]}, options))
 
 
+# ------------------------------------------------------------------ the step
+# _C.GroupStepper keeps each group's core options and, at every step, checks
+# which group values are no longer the same objects (an LR scheduler's new lr,
+# an edit of param_groups): only those are converted again, by _step_value.
+# _WATCH names the group keys each option is read from.
+_WATCH = {name: (_PACKED[name][0],) if name in _PACKED else (name,) for name in _TYPES}
+_WATCH["lr"] = ("lr", "external_lr")  # transformers' lr=None: see core_group
+
+
+def _step_value(group: dict, name: str):
+    """The value of option `name` the step uses: as _core_value, with
+    transformers' cap for a reporting lr (_hf.core_group)."""
+    return _core_value(_hf.core_group(group) if name == "lr" else group, name)
+
+
+def _record_rms(optimizer: "Adafactor", group: dict) -> None:
+    _hf.before_step(optimizer._rms_before_step, group)
+
+
+def _step_sharded(optimizer: "Adafactor", group: dict, params: list) -> None:
+    with torch.no_grad():
+        _Sharded.step(optimizer, params, _core_options(_hf.core_group(group)))
+
+
+def _add_skipped(optimizer: "Adafactor", count: int) -> None:
+    optimizer.skipped_updates += count
+
+
+def _new_stepper():
+    # Module-level callbacks only: the stepper (not tracked by Python's cycle
+    # collector) must hold no reference to its optimizer.
+    return _C.GroupStepper(watch=_WATCH, convert=_step_value, flag_keys=_hf.RMS_RECORD_KEYS,
+                           flag=_hf.records_rms, before_step=_record_rms,
+                           sharded_step=_step_sharded, add_skipped=_add_skipped)
+
+
+_profiler_enabled = torch._C._autograd._profiler_enabled
+
+
+def _hook_step(step):
+    """torch.optim.Optimizer wraps step in profile_hook_step: a profiler range
+    ("Optimizer.step#Adafactor.step") and the loops over the step pre and post
+    hooks, which together cost more than a small step. This wrapper calls
+    torch's when a hook is registered (globally or on this optimizer) or a
+    profiler is on, and else only the step and _optimizer_step_code."""
+    with_hooks = Optimizer.profile_hook_step(step)
+
+    @functools.wraps(step)
+    def wrapper(self, *args, **kwargs):
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_optimizer_pre_hooks or _global_optimizer_post_hooks
+                or _profiler_enabled()):
+            return with_hooks(self, *args, **kwargs)
+        out = step(self, *args, **kwargs)
+        self._optimizer_step_code()
+        return out
+
+    return wrapper
+
+
 class Adafactor(Optimizer):
     """Adafactor with the signature, defaults, numbers and state layout of
     ``torch.optim.Adafactor``, computed by tcltorch's fused C++ kernel.
@@ -247,6 +315,7 @@ class Adafactor(Optimizer):
         self.skipped_updates = 0
         # RMS(param) before the last step, for _get_lr (not in state_dict).
         self._rms_before_step: dict = {}
+        self._stepper = _new_stepper()
         _hf.check_lr(lr, defaults["relative_step"])
         _validate(_hf.core_group(defaults))
         super().__init__(params, defaults)
@@ -281,6 +350,8 @@ class Adafactor(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_updates", 0)
         self.__dict__.setdefault("_rms_before_step", {})
+        # What the stepper kept of the groups and states this replaces.
+        self.__dict__.setdefault("_stepper", _new_stepper()).clear()
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -300,36 +371,31 @@ class Adafactor(Optimizer):
                         and "exp_avg" in p_state and p_state["exp_avg"].dtype != torch.bfloat16):
                     p_state["exp_avg"] = p_state["exp_avg"].to(torch.bfloat16)
 
-    @torch.no_grad()
+    def _patch_step_function(self) -> None:
+        # As torch's, with _hook_step in place of profile_hook_step.
+        self._zero_grad_profile_name = (
+            f"Optimizer.zero_grad#{self.__class__.__name__}.zero_grad")
+        cls = self.__class__
+        if not getattr(cls.step, "hooked", None):
+            cls.step = _hook_step(cls.step)
+            cls.step.hooked = True
+
     def step(self, closure=None):
         """Performs one optimization step; returns the closure's loss, if any."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            options = _core_options(_hf.core_group(group))
-            _hf.before_step(self._rms_before_step, group)
-            params, grads, states, sharded = [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if _is_dtensor(p):
-                    sharded.append(p)
-                    continue
-                state = self.state[p]
-                if len(state) == 0:
-                    # Created lazily, as torch does: wrappers (ZeroRedundancyOptimizer,
-                    # distributed checkpoints) rely on it.
-                    state.update(_C.adafactor_init_state(p, **options))
-                params.append(p)
-                grads.append(p.grad)
-                states.append(state)
-            if params:
-                self.skipped_updates += _C.adafactor_step(params, grads, states, **options)
-            if sharded:
-                _Sharded.step(self, sharded, options)
+        # Every group in one call, with the GIL released for the math.
+        self._stepper.step(self, self.param_groups, self.state)
         return loss
+
+    def _step_params(self, group: dict, params) -> None:
+        """Steps `params` (a tensor, or a list of tensors, of ``group["params"]``)
+        that have a gradient, with the group's options as the next ``step()``
+        would use them; without the step hooks. For steps taken one parameter
+        at a time (during backward)."""
+        self._stepper.step_params(self, group, params, self.state)
 
 
 _TRANSFORMERS_GROUP_KEYS = {"params", "lr", "eps", "clip_threshold", "decay_rate", "beta1",
