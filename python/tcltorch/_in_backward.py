@@ -136,10 +136,13 @@ class _DDPStep:
                 "all-reduce and then sets the gradients to None, so nothing "
                 "accumulates. Use accumulate_steps=1 and DDP's no_sync() for the first "
                 "N-1 micro-batches")
+        if not torch.accelerator.is_available():
+            _keep_ddp_from_queueing_its_stream_callback(sys._getframe(1))
         group = self._owner.group_of(p)
         if group is not None:
             with torch.no_grad():
                 step_parameter(optimizer, group, p)
+        p.grad = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
@@ -188,6 +191,8 @@ class InBackward:
 
     # Registration -------------------------------------------------------
     def attach(self, params) -> None:
+        params = list(params)
+        _refuse_ddp_already_running(params)
         for p in params:
             if id(p) in self._hooked:
                 continue
@@ -217,6 +222,14 @@ class InBackward:
                     "optimizer first")
 
     def remove(self) -> None:
+        taken = [p for p, handle, _ in self._hooked.values()
+                 if handle.id not in (p._post_accumulate_grad_hooks or {})]
+        if taken:
+            raise RuntimeError(
+                "remove_step_in_backward(): DistributedDataParallel has taken over the "
+                "steps in backward of this optimizer's parameters and keeps that mode "
+                "for the life of the DDP module (it no longer copies the all-reduced "
+                "gradients into .grad for a usual step)")
         InBackward._remove_all(self._hooked)
 
     @staticmethod
@@ -334,3 +347,41 @@ def _drop_orphans(p: Tensor) -> None:
     if not keep:
         for name in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
             delattr(p, name)
+
+
+def _refuse_ddp_already_running(params) -> None:
+    """DDP reads ``_in_backward_optimizers`` once, before its first forward;
+    after that our hooks would step the local gradients before its all-reduce."""
+    ddp_module = sys.modules.get("torch.nn.parallel.distributed")
+    if (ddp_module is None or not torch.distributed.is_available()
+            or not torch.distributed.is_initialized()):
+        return
+    ids = {id(p) for p in params}
+    for obj in gc.get_objects():
+        if (isinstance(obj, ddp_module.DistributedDataParallel)
+                and getattr(obj, "_lazy_init_ran", False)
+                and any(id(p) in ids for p in obj._module_parameters)):
+            raise RuntimeError(
+                "tcltorch.Adafactor(step_in_backward=True) must be constructed before the "
+                "first forward pass of the DistributedDataParallel module that holds its "
+                "parameters: DDP looks for optimizers in backward only then, and "
+                "otherwise the steps would use each rank's own gradients before the "
+                "all-reduce")
+
+
+def _keep_ddp_from_queueing_its_stream_callback(frame) -> None:
+    """torch's DDP comm hook for optimizers in backward queues, once per
+    backward pass, a callback that waits for its optimizer stream and sets the
+    gradients to None; without an accelerator ``torch.accelerator.current_stream()``
+    raises there (torch 2.13), after the steps. The callback is queued only
+    while the hook's state says it is not yet: we say it is, and set each
+    gradient to None after its step instead (the stream wait has nothing to
+    wait for on the CPU)."""
+    state = frame.f_locals.get("optim_stream_state") if frame is not None else None
+    if state is None or not hasattr(state, "wait_for_optim_stream_enqueued"):
+        raise RuntimeError(
+            "tcltorch.Adafactor(step_in_backward=True) under DistributedDataParallel "
+            "without an accelerator relies on DDP's comm hook for optimizers in backward "
+            "(torch.distributed.algorithms.ddp_comm_hooks.optimizer_overlap_hooks) as "
+            "torch 2.13 has it; this torch's differs. Use step_in_backward=False under DDP")
+    state.wait_for_optim_stream_enqueued = True
