@@ -91,14 +91,23 @@ def ddp(rank: int, world: int, port: int, out_dir: str) -> None:
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     out["ranks_agree"] = all(torch.equal(g, gathered[0]) for g in gathered)
+    out["refusals"] = refusals(rank, world)
     if rank == 0:
         torch.save(out, Path(out_dir) / "result.pt")
     finish()
 
 
-def ddp_refusals(rank: int, world: int, port: int, out_dir: str) -> None:
-    init(rank, world, port)
+def refusals(rank: int, world: int) -> dict[str, str]:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
     messages = {}
+    # ZeroRedundancyOptimizer builds its inner optimizer with these keywords.
+    try:
+        ZeroRedundancyOptimizer(DDP(make_model()).parameters(),
+                                optimizer_class=tcltorch.Adafactor, step_in_backward=True)
+        messages["zero"] = "accepted"
+    except RuntimeError as e:
+        messages["zero"] = str(e)
     x, y = (local_half(t, rank, world) for t in batches(1)[0])
     # Constructed after DDP's first forward: DDP no longer looks.
     model = DDP(make_model())
@@ -126,47 +135,7 @@ def ddp_refusals(rank: int, world: int, port: int, out_dir: str) -> None:
         messages["remove"] = "accepted"
     except RuntimeError as e:
         messages["remove"] = str(e)
-    if rank == 0:
-        torch.save(messages, Path(out_dir) / "result.pt")
-    finish()
-
-
-def zero(rank: int, world: int, port: int, out_dir: str) -> None:
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    init(rank, world, port)
-    model = DDP(make_model())
-    try:
-        ZeroRedundancyOptimizer(model.parameters(), optimizer_class=tcltorch.Adafactor,
-                                step_in_backward=True, **OPTIONS)
-        message = "accepted"
-    except RuntimeError as e:
-        message = str(e)
-    if rank == 0:
-        (Path(out_dir) / "message.txt").write_text(message)
-    finish()
-
-
-def zero_unguarded(rank: int, world: int, port: int, out_dir: str) -> None:
-    """What ZeRO would do with the steps in backward (the refusal turned off),
-    against ZeRO with the usual step: the reason for the refusal."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    import tcltorch._in_backward as in_backward
-
-    init(rank, world, port)
-    in_backward.refuse_zero = lambda: None
-    data = batches(STEPS)
-    results = []
-    for step_in_backward in (False, True):
-        model = DDP(make_model())
-        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=tcltorch.Adafactor,
-                                      step_in_backward=step_in_backward, **OPTIONS)
-        results.append(train_ddp(model, opt, data, rank, world))
-    if rank == 0:
-        torch.save({"usual": results[0], "in_backward": results[1]},
-                   Path(out_dir) / "result.pt")
-    finish()
+    return messages
 
 
 def train_fsdp(model, opt, data, rank, world, accumulate=1, check_grads=None):
