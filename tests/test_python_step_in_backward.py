@@ -171,6 +171,39 @@ def test_accumulate_steps_with_a_parameter_unused_in_the_last_micro_batch():
     assert_same_bits(usual, inb)
 
 
+def checkpointed(model, x, use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    def middle(h):
+        h = torch.tanh(h @ model.shared)
+        return torch.tanh(h @ model.shared.T)
+
+    h = torch.tanh(model.inp(x))
+    h = checkpoint(middle, h, use_reentrant=use_reentrant)
+    return model.out(h) * model.scale
+
+
+@pytest.mark.parametrize("use_reentrant, n", [(True, 1), (False, 1), (False, 2)])
+def test_activation_checkpointing(use_reentrant, n):
+    usual, opt_u, inb, opt_b = pair(lr=0.02, accumulate_steps=n)
+    for model, opt in ((usual, opt_u), (inb, opt_b)):
+        for i, (x, y) in enumerate(batches(4, torch.float32)):
+            nn.functional.mse_loss(checkpointed(model, x, use_reentrant), y).backward()
+            if (i + 1) % n == 0:
+                opt.step()
+                opt.zero_grad()
+    assert all(p.grad is None for p in inb.parameters())
+    assert_same_bits(usual, inb)
+
+
+def test_accumulate_steps_refuses_a_reentrant_backward():
+    # A backward inside the backward would count as a micro-batch of its own.
+    _, _, inb, _opt = pair(accumulate_steps=2)
+    x, y = batches(1, torch.float32)[0]
+    with pytest.raises(RuntimeError, match="use_reentrant=False"):
+        nn.functional.mse_loss(checkpointed(inb, x, True), y).backward()
+
+
 def test_skip_nan_updates_counted():
     usual, opt_u, inb, opt_b = pair(lr=0.02, skip_nan_updates=True)
     data = batches(4, torch.float32)

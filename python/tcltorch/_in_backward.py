@@ -266,6 +266,13 @@ class InBackward:
         task = torch._C._current_graph_task_id()
         if task == self._pass_task:
             return
+        if self.accumulate_steps > 1 and _nested_backward():
+            raise RuntimeError(
+                f"tcltorch.Adafactor(accumulate_steps={self.accumulate_steps}) counts "
+                "backward passes, and this is a backward pass run inside another one "
+                "(torch.utils.checkpoint with use_reentrant=True does that), which would "
+                "count as a pass of its own: checkpoint with use_reentrant=False, or use "
+                "accumulate_steps=1")
         self._pass_task = task
         self._passes += 1
         self._stepped.clear()
@@ -385,3 +392,19 @@ def _keep_ddp_from_queueing_its_stream_callback(frame) -> None:
             "(torch.distributed.algorithms.ddp_comm_hooks.optimizer_overlap_hooks) as "
             "torch 2.13 has it; this torch's differs. Use step_in_backward=False under DDP")
     state.wait_for_optim_stream_enqueued = True
+
+
+def _nested_backward() -> bool:
+    """Whether this thread runs a backward pass inside another one (a
+    reentrant backward): two calls into autograd's engine on its stack."""
+    from torch.autograd import graph
+
+    code = graph._engine_run_backward.__code__
+    frame, calls = sys._getframe(1), 0
+    while frame is not None:
+        if frame.f_code is code:
+            calls += 1
+            if calls > 1:
+                return True
+        frame = frame.f_back
+    return False
