@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _C
+from . import _in_backward
 from . import _transformers_compat as _hf
 
 __all__ = ["Adafactor", "from_transformers_state_dict"]
@@ -206,6 +207,12 @@ class Adafactor(Optimizer):
     ``lr=None`` (with ``relative_step=True``) is transformers' call: the relative
     step alone sets the step size, and ``AdafactorSchedule`` works (see
     _transformers_compat).
+
+    ``step_in_backward=True`` steps each parameter inside ``loss.backward()`` as
+    soon as its gradient is accumulated, then frees that gradient; ``step()``
+    then only runs its closure. With ``accumulate_steps=N`` the step runs inside
+    every N-th backward pass, on the gradients of the last N. Neither is a group
+    key nor in the state dict (see _in_backward and docs/python.md).
     """
 
     def __init__(
@@ -219,8 +226,13 @@ class Adafactor(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        step_in_backward: bool = False,
+        accumulate_steps: int = 1,
         **options,
     ) -> None:
+        _in_backward.check_arguments(step_in_backward, accumulate_steps)
+        if step_in_backward:
+            _in_backward.refuse_zero()
         for name in options:
             if name not in _EXTRA_DEFAULTS:
                 raise TypeError(
@@ -249,7 +261,25 @@ class Adafactor(Optimizer):
         self._rms_before_step: dict = {}
         _hf.check_lr(lr, defaults["relative_step"])
         _validate(_hf.core_group(defaults))
+        self._in_backward = (_in_backward.InBackward(self, accumulate_steps)
+                             if step_in_backward else None)
         super().__init__(params, defaults)
+
+    @property
+    def step_in_backward(self) -> bool:
+        """Whether the steps run inside backward (see remove_step_in_backward)."""
+        return self._in_backward is not None
+
+    @property
+    def accumulate_steps(self) -> int:
+        return self._in_backward.accumulate_steps if self._in_backward is not None else 1
+
+    def remove_step_in_backward(self) -> None:
+        """Removes the hooks of step_in_backward=True: from then on step() is the
+        usual step (and updates gradients still accumulating, if any)."""
+        if self._in_backward is not None:
+            self._in_backward.remove()
+            self._in_backward = None
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -264,6 +294,14 @@ class Adafactor(Optimizer):
         _validate(_hf.core_group(group))
         for p in group["params"]:
             _check_parameter(p)
+        if self.__dict__.get("_in_backward") is not None:
+            self._in_backward.attach(group["params"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's; with step_in_backward=True it does nothing (the gradients
+        are already None, or accumulating for the next step)."""
+        if self.__dict__.get("_in_backward") is None:
+            super().zero_grad(set_to_none)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's; a state dict of transformers' Adafactor (a Trainer
@@ -277,10 +315,24 @@ class Adafactor(Optimizer):
         group's first parameter at its last step (groups with ``lr=None``)."""
         return _hf.reported_lr(self._rms_before_step, param_group, param_state)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["accumulate_steps"] = (
+            self._in_backward.accumulate_steps if self._in_backward is not None else None)
+        return state
+
     def __setstate__(self, state: dict) -> None:
+        # From a pickle (our __getstate__): hooks on the unpickled parameters.
+        # From load_state_dict: the optimizer keeps its own (no key).
+        accumulate_steps = state.pop("accumulate_steps", None)
         super().__setstate__(state)
         self.__dict__.setdefault("skipped_updates", 0)
         self.__dict__.setdefault("_rms_before_step", {})
+        self.__dict__.setdefault("_in_backward", None)
+        if accumulate_steps is not None and self._in_backward is None:
+            self._in_backward = _in_backward.InBackward(self, accumulate_steps)
+            for group in self.param_groups:
+                self._in_backward.attach(group["params"])
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("maximize", False)
@@ -307,6 +359,8 @@ class Adafactor(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._in_backward is not None:
+            return loss  # the steps ran inside backward
         for group in self.param_groups:
             options = _core_options(_hf.core_group(group))
             _hf.before_step(self._rms_before_step, group)

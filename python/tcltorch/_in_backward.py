@@ -1,0 +1,387 @@
+"""The step inside backward for ``tcltorch.Adafactor(..., step_in_backward=True)``.
+
+Each parameter's Adafactor update depends only on its own gradient and state,
+so it can run the moment autograd has accumulated that gradient
+(``Tensor.register_post_accumulate_grad_hook``); the gradient is then freed.
+A training step then holds about one gradient at a time instead of all of them.
+
+With ``accumulate_steps=N`` the gradients of N backward passes accumulate as
+usual and the step runs inside the N-th one: each parameter in its hook, and at
+the end of that pass every parameter that holds a gradient from an earlier pass
+of the window but got none in this one (what the usual step would update).
+
+The hooks and the objects they reach hold the optimizer only weakly: an
+optimizer that is garbage collected removes its hooks.
+
+Under DistributedDataParallel the optimizer takes part in torch's protocol for
+optimizers in backward (``param._in_backward_optimizers``, filled by
+``torch.distributed.optim._apply_optimizer_in_backward``): DDP removes our hooks
+and runs the step after its all-reduce. FSDP2 calls the hooks itself after its
+reduce-scatter. ZeroRedundancyOptimizer is refused (see ``_refuse_zero``).
+"""
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+
+import torch
+from torch import Tensor
+
+from . import _C
+
+
+def _integer_at_least_one(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"accumulate_steps must be an integer >= 1 (the number of backward passes "
+            f"whose gradients one step uses), got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(
+            f"accumulate_steps must be an integer >= 1 (the number of backward passes "
+            f"whose gradients one step uses), got {value}")
+    return value
+
+
+def check_arguments(step_in_backward, accumulate_steps) -> None:
+    """Clear errors for the two optimizer-level keyword arguments."""
+    if not isinstance(step_in_backward, bool):
+        raise TypeError(
+            f"step_in_backward must be True or False, got {step_in_backward!r} "
+            f"({type(step_in_backward).__name__})")
+    _integer_at_least_one(accumulate_steps)
+    if accumulate_steps != 1 and not step_in_backward:
+        raise ValueError(
+            f"accumulate_steps={accumulate_steps} requires step_in_backward=True; with "
+            "the usual step, accumulate by calling step() after every "
+            f"{accumulate_steps} backward passes")
+
+
+def step_parameter(optimizer, group: dict, p: Tensor) -> None:
+    """One parameter's step with its group's options as they are now (LR
+    schedulers and param_groups edits take effect): the one call into the core."""
+    from . import optim
+
+    options = optim._core_options(optim._hf.core_group(group))
+    if group["params"] and group["params"][0] is p:
+        optim._hf.before_step(optimizer._rms_before_step, group)
+    if optim._is_dtensor(p):
+        optim._Sharded.step(optimizer, [p], options)
+        return
+    state = optimizer.state[p]
+    if len(state) == 0:
+        state.update(_C.adafactor_init_state(p, **options))
+    optimizer.skipped_updates += _C.adafactor_step([p], [p.grad], [state], **options)
+
+
+def _zero_class():
+    # Only when torch.distributed's ZeRO has been imported: it is then what
+    # may be constructing us.
+    module = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    return getattr(module, "ZeroRedundancyOptimizer", None)
+
+
+def refuse_zero() -> None:
+    """ZeroRedundancyOptimizer builds its inner optimizer with the wrapper's
+    keyword arguments; refuse there, at construction."""
+    zero = _zero_class()
+    if zero is None:
+        return
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return
+        if isinstance(frame.f_locals.get("self"), zero):
+            raise RuntimeError(
+                "tcltorch.Adafactor(step_in_backward=True) cannot run inside "
+                "ZeroRedundancyOptimizer: ZeRO copies its param_groups (the lr an LR "
+                "scheduler sets) into the inner optimizer only inside its own step(), "
+                "after the backward pass in which the inner steps already ran, so every "
+                "change would take effect one step late. Use step_in_backward=False "
+                "under ZeroRedundancyOptimizer, or step_in_backward=True with "
+                "DistributedDataParallel alone")
+        frame = frame.f_back
+
+
+class _Hook:
+    """The post-accumulate-grad hook of one parameter (holds its optimizer weakly)."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: "InBackward") -> None:
+        self.owner = owner
+
+    def __call__(self, p: Tensor) -> None:
+        self.owner.on_accumulated(p)
+
+
+class _DDPStep:
+    """What DDP's optimizer-in-backward comm hook calls, for one parameter:
+    ``step()`` after the all-reduce has put the averaged gradient in ``p.grad``."""
+
+    def __init__(self, owner: "InBackward", p: Tensor) -> None:
+        self._owner = owner
+        self._param = weakref.ref(p)
+
+    def step(self, closure=None) -> None:
+        p = self._param()
+        optimizer = self._owner.optimizer()
+        if p is None or optimizer is None or p.grad is None:
+            return
+        if self._owner.accumulate_steps != 1:
+            raise RuntimeError(
+                "tcltorch.Adafactor(accumulate_steps="
+                f"{self._owner.accumulate_steps}) cannot run under "
+                "DistributedDataParallel: DDP steps optimizers in backward after every "
+                "all-reduce and then sets the gradients to None, so nothing "
+                "accumulates. Use accumulate_steps=1 and DDP's no_sync() for the first "
+                "N-1 micro-batches")
+        if not torch.accelerator.is_available():
+            _keep_ddp_from_queueing_its_stream_callback(sys._getframe(1))
+        group = self._owner.group_of(p)
+        if group is not None:
+            with torch.no_grad():
+                step_parameter(optimizer, group, p)
+        p.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def __reduce__(self):
+        # A pickled or deep-copied parameter (torch.save(model), copy.deepcopy)
+        # does not take its optimizer along.
+        return (_Orphan, ())
+
+
+class _Orphan:
+    """Stands, in a copied parameter's ``_in_backward_optimizers``, for the
+    optimizer of the original; DDP must not take the copy for one stepped in
+    backward (it would set its gradients to None after every backward)."""
+
+    def step(self, closure=None) -> None:
+        raise RuntimeError(
+            "this parameter is a copy (pickle or deepcopy) of one that "
+            "tcltorch.Adafactor(step_in_backward=True) steps in backward, and its "
+            "_in_backward_optimizers entry has no optimizer: construct the optimizer "
+            "for the copy (which replaces the entry), or delete "
+            "param._in_backward_optimizers before wrapping the model in "
+            "DistributedDataParallel")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+class InBackward:
+    """The hooks of one optimizer and its count of backward passes."""
+
+    def __init__(self, optimizer, accumulate_steps: int) -> None:
+        self.optimizer = weakref.ref(optimizer)
+        self.accumulate_steps = accumulate_steps
+        # Per parameter (by id, the parameter being held by the optimizer):
+        # (parameter, handle, DDP step object).
+        self._hooked: dict[int, tuple] = {}
+        self._passes = 0          # backward passes seen in this window
+        self._pass_task = None    # autograd graph task of the current pass
+        self._stepped: set[int] = set()  # parameters stepped in this pass
+        self._groups_key = None
+        self._group_by_param: dict[int, dict] = {}
+        # No hook may outlive the optimizer (the hooks dict lives on the
+        # parameter, which usually does).
+        self._finalizer = weakref.finalize(optimizer, InBackward._remove_all, self._hooked)
+
+    # Registration -------------------------------------------------------
+    def attach(self, params) -> None:
+        params = list(params)
+        _refuse_ddp_already_running(params)
+        for p in params:
+            if id(p) in self._hooked:
+                continue
+            if not p.requires_grad:
+                raise ValueError(
+                    "step_in_backward=True needs parameters that require grad: its steps "
+                    "run from autograd's hook on the parameter's accumulated gradient")
+            self._refuse_a_second_optimizer(p)
+            handle = p.register_post_accumulate_grad_hook(_Hook(self))
+            ddp_step = _DDPStep(self, p)
+            _offer_to_ddp(p, handle, ddp_step)
+            self._hooked[id(p)] = (p, handle, ddp_step)
+
+    def _refuse_a_second_optimizer(self, p: Tensor) -> None:
+        def others():
+            return [o for o in getattr(p, "_in_backward_optimizers", ())
+                    if isinstance(o, _DDPStep) and o._owner is not self
+                    and o._owner.optimizer() is not None]
+
+        if others():
+            gc.collect()  # one no longer referenced, in a cycle not yet collected
+            if others():
+                raise ValueError(
+                    "a parameter is already stepped in backward by another "
+                    "tcltorch.Adafactor(step_in_backward=True): both would update it in "
+                    "every backward pass; call remove_step_in_backward() on the other "
+                    "optimizer first")
+
+    def remove(self) -> None:
+        taken = [p for p, handle, _ in self._hooked.values()
+                 if handle.id not in (p._post_accumulate_grad_hooks or {})]
+        if taken:
+            raise RuntimeError(
+                "remove_step_in_backward(): DistributedDataParallel has taken over the "
+                "steps in backward of this optimizer's parameters and keeps that mode "
+                "for the life of the DDP module (it no longer copies the all-reduced "
+                "gradients into .grad for a usual step)")
+        InBackward._remove_all(self._hooked)
+
+    @staticmethod
+    def _remove_all(hooked: dict) -> None:
+        for p, handle, ddp_step in hooked.values():
+            handle.remove()
+            optimizers = getattr(p, "_in_backward_optimizers", None)
+            if optimizers is not None:
+                optimizers[:] = [o for o in optimizers if o is not ddp_step]
+                if not optimizers:
+                    for name in ("_in_backward_optimizers", "_optimizer_classes",
+                                 "_optimizer_kwargs"):
+                        if hasattr(p, name):
+                            delattr(p, name)
+        hooked.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooked)
+
+    # The step -----------------------------------------------------------
+    def group_of(self, p: Tensor):
+        optimizer = self.optimizer()
+        groups = optimizer.param_groups
+        # load_state_dict and param_groups edits replace group dicts: look up
+        # again whenever the groups are not the ones mapped.
+        key = tuple((id(g), id(g["params"]), len(g["params"])) for g in groups)
+        if key != self._groups_key:
+            self._group_by_param = {id(q): g for g in groups for q in g["params"]}
+            self._groups_key = key
+        return self._group_by_param.get(id(p))
+
+    def _begin_pass_if_new(self) -> None:
+        task = torch._C._current_graph_task_id()
+        if task == self._pass_task:
+            return
+        self._pass_task = task
+        self._passes += 1
+        self._stepped.clear()
+        owner = weakref.ref(self)
+
+        def end_of_pass() -> None:
+            me = owner()
+            if me is not None:
+                me._end_pass()
+
+        torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
+
+    def _stepping_pass(self) -> bool:
+        return self._passes % self.accumulate_steps == 0
+
+    def on_accumulated(self, p: Tensor) -> None:
+        optimizer = self.optimizer()
+        if optimizer is None:
+            return
+        self._begin_pass_if_new()
+        if not self._stepping_pass() or p.grad is None:
+            return
+        group = self.group_of(p)
+        if group is None:  # removed from param_groups by hand
+            return
+        with torch.no_grad():
+            step_parameter(optimizer, group, p)
+        self._stepped.add(id(p))
+        p.grad = None
+
+    def _end_pass(self) -> None:
+        self._pass_task = None
+        optimizer = self.optimizer()
+        if optimizer is None or not self._stepping_pass():
+            return
+        self._passes = 0
+        # The usual step updates every parameter that holds a gradient: here
+        # those that got one only in earlier passes of the window.
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and id(p) not in self._stepped and id(p) in self._hooked:
+                        step_parameter(optimizer, group, p)
+                        p.grad = None
+        self._stepped.clear()
+
+
+def _offer_to_ddp(p: Tensor, handle, ddp_step: _DDPStep) -> None:
+    """Takes part in torch's protocol for optimizers in backward, which
+    DistributedDataParallel reads before its first forward: it removes the hooks
+    listed in ``param_to_optim_hook_handle_map`` and calls ``step()`` of each of
+    ``p._in_backward_optimizers`` once the all-reduced gradient is in place."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.optim import apply_optimizer_in_backward as torch_in_backward
+
+    _drop_orphans(p)
+    if not hasattr(p, "_in_backward_optimizers"):
+        p._in_backward_optimizers = []
+        p._optimizer_classes = []
+        p._optimizer_kwargs = []
+    p._in_backward_optimizers.append(ddp_step)
+    p._optimizer_classes.append(type(ddp_step))
+    p._optimizer_kwargs.append({})
+    handles = torch_in_backward.param_to_optim_hook_handle_map
+    if p not in handles:
+        handles[p] = []
+    handles[p].append(handle)
+
+
+def _drop_orphans(p: Tensor) -> None:
+    optimizers = getattr(p, "_in_backward_optimizers", None)
+    if optimizers is None or not any(isinstance(o, _Orphan) for o in optimizers):
+        return
+    keep = [i for i, o in enumerate(optimizers) if not isinstance(o, _Orphan)]
+    for name in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
+        values = getattr(p, name, [])
+        setattr(p, name, [values[i] for i in keep if i < len(values)])
+    if not keep:
+        for name in ("_in_backward_optimizers", "_optimizer_classes", "_optimizer_kwargs"):
+            delattr(p, name)
+
+
+def _refuse_ddp_already_running(params) -> None:
+    """DDP reads ``_in_backward_optimizers`` once, before its first forward;
+    after that our hooks would step the local gradients before its all-reduce."""
+    ddp_module = sys.modules.get("torch.nn.parallel.distributed")
+    if (ddp_module is None or not torch.distributed.is_available()
+            or not torch.distributed.is_initialized()):
+        return
+    ids = {id(p) for p in params}
+    for obj in gc.get_objects():
+        if (isinstance(obj, ddp_module.DistributedDataParallel)
+                and getattr(obj, "_lazy_init_ran", False)
+                and any(id(p) in ids for p in obj._module_parameters)):
+            raise RuntimeError(
+                "tcltorch.Adafactor(step_in_backward=True) must be constructed before the "
+                "first forward pass of the DistributedDataParallel module that holds its "
+                "parameters: DDP looks for optimizers in backward only then, and "
+                "otherwise the steps would use each rank's own gradients before the "
+                "all-reduce")
+
+
+def _keep_ddp_from_queueing_its_stream_callback(frame) -> None:
+    """torch's DDP comm hook for optimizers in backward queues, once per
+    backward pass, a callback that waits for its optimizer stream and sets the
+    gradients to None; without an accelerator ``torch.accelerator.current_stream()``
+    raises there (torch 2.13), after the steps. The callback is queued only
+    while the hook's state says it is not yet: we say it is, and set each
+    gradient to None after its step instead (the stream wait has nothing to
+    wait for on the CPU)."""
+    state = frame.f_locals.get("optim_stream_state") if frame is not None else None
+    if state is None or not hasattr(state, "wait_for_optim_stream_enqueued"):
+        raise RuntimeError(
+            "tcltorch.Adafactor(step_in_backward=True) under DistributedDataParallel "
+            "without an accelerator relies on DDP's comm hook for optimizers in backward "
+            "(torch.distributed.algorithms.ddp_comm_hooks.optimizer_overlap_hooks) as "
+            "torch 2.13 has it; this torch's differs. Use step_in_backward=False under DDP")
+    state.wait_for_optim_stream_enqueued = True
