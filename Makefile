@@ -1,8 +1,9 @@
 # The two commands of the README:
 #   make run    set everything up, then train on the digits data from Tcl
 #   make test   set everything up, then run the whole test suite
-#   make bench  set everything up, then time the optimizer step side by side
-#               and regenerate docs/performance.md (BENCH_ARGS: more options)
+#   make bench  set everything up, then time the optimizer step and whole
+#               training steps side by side and regenerate docs/performance.md
+#               (BENCH_ARGS: more options)
 # Overridable: TORCH_SPEC (default torch==2.13.0, CPU), VENV, PYTHON.
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,7 +27,6 @@ bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -r benchmarks/requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps timm
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
-	$(PY) benchmarks/charlm.py
 
 clean:
 	rm -rf build build-install.log

@@ -9,6 +9,9 @@ Adafactor, of torch.optim.AdamW(fused=True) as the speed reference, and of a
 memory-bandwidth floor; on a transformer-like, a conv-like, a many-small-tensors
 and a one-tiny-tensor set, with 2 and 1 threads, and over a size sweep 1M..64M.
 Measures, in a fresh process per implementation, the peak memory a step adds.
+Then a whole training step per optimizer (benchmarks/training_step.py: peak
+memory and time of forward + backward + step of a transformer-like model) and
+the char-LM training step from Tcl and Python (benchmarks/charlm.py).
 Prints the tables and the targets, writes the results as JSON
 (build/bench/results.json) and docs/performance.md with its plots
 (docs/performance/*.png). See docs/performance.md for the method.
@@ -33,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from bench import cpp, distributed, report  # noqa: E402
+from bench import cpp, distributed, report, training  # noqa: E402
 from bench.impls import Impl, python_impls  # noqa: E402
 from bench.sets import FULL, FULL_SWEEP, SMOKE, SMOKE_SWEEP, clone  # noqa: E402
 from bench.timing import Plan, measure_rows  # noqa: E402
@@ -262,6 +265,13 @@ class Bench:
         return out
 
 
+def run_charlm(smoke: bool, threads: str, path: Path) -> dict:
+    """benchmarks/charlm.py in its own process (its progress on stderr)."""
+    cmd = [sys.executable, str(HERE / "charlm.py"), "--threads", threads, "--json", str(path)]
+    subprocess.run(cmd + (["--smoke"] if smoke else []), stdout=subprocess.DEVNULL, check=True)
+    return json.loads(path.read_text())
+
+
 def python_name() -> str:
     exe = Path(sys.executable)
     try:
@@ -293,6 +303,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-peak", action="store_true", help="skip the peak-memory processes")
     ap.add_argument("--no-distributed", action="store_true",
                     help="skip the sharded Adafactor at 1 and 2 ranks (torchrun)")
+    ap.add_argument("--no-training", action="store_true",
+                    help="skip the whole training step (benchmarks/training_step.py)")
+    ap.add_argument("--no-charlm", action="store_true",
+                    help="skip the char-LM training step from Tcl and Python")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
                     help="before each parameter set, wait until other processes use under "
                          "10%% of the CPU, at most SECONDS in all (default 60, with --smoke 0)")
@@ -342,6 +356,21 @@ def main(argv=None) -> int:
                                     log=log)
         log(f"sharded Adafactor took {time.time() - phase:.0f} s")
 
+    training_result = None
+    if not args.no_training:
+        log("training step, one fresh process per figure ...")
+        bench.gate.wait()
+        phase, phase_watch = time.time(), CpuWatch()
+        training_result = training.run(args.smoke, bench.threads[0], log=log)
+        training_result["other_cpu_share"] = round(phase_watch.share(), 3)
+        log(f"training step took {time.time() - phase:.0f} s")
+    charlm_result = None
+    if not args.no_charlm:
+        log("char-LM training step, Tcl and Python ...")
+        phase = time.time()
+        charlm_result = run_charlm(args.smoke, args.threads, json_path.parent / "charlm.json")
+        log(f"char-LM training step took {time.time() - phase:.0f} s")
+
     other = watch.share()
     elapsed = time.time() - start
     meta.update({
@@ -368,6 +397,8 @@ def main(argv=None) -> int:
         "other_cpu_share": bench.other_share,
         "peak": peaks,
         "distributed": dist_rows,
+        "training": training_result,
+        "charlm": charlm_result,
     }
     results["targets"] = report.targets(results)
     text = report.tables(results)

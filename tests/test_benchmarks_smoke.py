@@ -1,6 +1,7 @@
 """The benchmark's code paths (benchmarks/run.py --smoke): every door, the
 reference optimizers, the bandwidth floor, the peak-memory processes, the
-tables, the JSON and the docs, on tiny sizes. No timing is asserted: the
+tables, the JSON and the docs, on tiny sizes (the training-step and char-LM
+phases: tests/test_training_bench_smoke.py). No timing is asserted: the
 figures are benchmark results (make bench), not tests.
 
 The C++ benchmark program is built in build/bench-cpp, shared with `make
@@ -25,7 +26,7 @@ def test_benchmark_smoke(tmp_path):
     results = tmp_path / "results.json"
     r = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--json", str(results),
-         "--docs", str(tmp_path)],
+         "--docs", str(tmp_path), "--no-training", "--no-charlm"],  # their own smoke tests
         capture_output=True, text=True, timeout=900, cwd=REPO)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
 

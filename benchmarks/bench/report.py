@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from . import training_report
 from .sets import human
 
 SHORT = {
@@ -144,6 +145,7 @@ def targets(results) -> list[dict]:
         add("peak", f"transformer: peak added memory / parameter bytes ({SHORT[door]})", None,
             door, 100 * r["added"] / r["param_bytes"], "<=", 1.0, "%",
             f"{fmt_bytes(r['added'])} of {fmt_bytes(r['param_bytes'])}")
+    out += training_report.targets(results)
     return out
 
 
@@ -268,6 +270,7 @@ def tables(results) -> str:
         from .distributed import table as distributed_table
         out += ["", "Sharded Adafactor (-shardState 1), transformer set, 1 thread per rank"]
         out += _grid(distributed_table(results))
+    out += training_report.text(results)
     out += ["", "Targets"]
     out += _grid(targets_table(results))
     out += ["", run_summary(results)]
@@ -574,6 +577,7 @@ def write_docs(results, docs_dir: Path) -> Path:
                   "optimizer state each rank holds.", ""]
         lines += _md(distributed_table(results))
         lines.append("")
+    lines += training_report.markdown(results, img_dir)
     path = docs_dir / "performance.md"
     path.write_text("\n".join(lines))
     return path
