@@ -28,8 +28,6 @@ import weakref
 import torch
 from torch import Tensor
 
-from . import _C
-
 
 def _integer_at_least_one(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
