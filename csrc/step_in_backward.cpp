@@ -202,6 +202,21 @@ std::int64_t Adafactor::accumulate_steps() const {
   return in_backward_ ? in_backward_->accumulate_steps : 1;
 }
 
+void Adafactor::take_step_in_backward(Adafactor& from) {
+  if (!from.in_backward_ || &from == this) return;
+  const std::int64_t n = from.accumulate_steps();
+  const std::int64_t passes = from.in_backward_->passes;
+  from.set_step_in_backward(false);
+  try {
+    set_step_in_backward(true, n);
+  } catch (...) {
+    from.set_step_in_backward(true, n);
+    from.in_backward_->passes = passes;
+    throw;
+  }
+  in_backward_->passes = passes;
+}
+
 void Adafactor::set_step_in_backward(bool on, std::int64_t accumulate_steps) {
   check_accumulate_steps(accumulate_steps);
   if (!on) {

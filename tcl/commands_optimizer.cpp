@@ -549,16 +549,11 @@ int cmd_optimizer_load(Registry& registry, Tcl_Interp* interp, int objc,
     return fail(interp, what + *error,
                 {"TORCH", "FILE", file});
   }
+  // The step in backward is not in the file: the loaded copy takes it over,
+  // with the count of an accumulation in progress.
   auto* live = dynamic_cast<Adafactor*>(opt->optimizer.get());
   if (live && live->step_in_backward()) {
-    // The live optimizer keeps its hooks and the count of an accumulation
-    // in progress (neither is in the file) and takes the file's state and
-    // options, as tcltorch::load_optimizer does.
-    live->state() = std::move(fresh->state());
-    for (std::size_t i = 0; i < live->param_groups().size(); ++i) {
-      live->param_groups()[i].set_options(fresh->param_groups()[i].options().clone());
-    }
-    return ok(interp, "");
+    static_cast<Adafactor&>(*fresh).take_step_in_backward(*live);
   }
   opt->optimizer = std::move(fresh);
   return ok(interp, "");

@@ -141,6 +141,10 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
   virtual void set_step_in_backward(bool on, std::int64_t accumulate_steps = 1);
   bool step_in_backward() const { return in_backward_ != nullptr; }
   std::int64_t accumulate_steps() const;
+  // Moves the step in backward, with the count of an accumulation in
+  // progress, from `from` (over the same parameters) to this optimizer: for
+  // replacing an optimizer by a freshly loaded copy.
+  void take_step_in_backward(Adafactor& from);
 
   torch::Tensor step(LossClosure closure = nullptr) override;
   // Parameter updates skipped by skip_nan_updates since construction.
