@@ -57,21 +57,30 @@ def check_arguments(step_in_backward, accumulate_steps) -> None:
             f"{accumulate_steps} backward passes")
 
 
-def step_parameter(optimizer, group: dict, p: Tensor) -> None:
-    """One parameter's step with its group's options as they are now (LR
-    schedulers and param_groups edits take effect): the one call into the core."""
+def step_parameters(optimizer, group: dict, params: list) -> None:
+    """The step of some parameters of one group, with the group's options as
+    they are now (LR schedulers and param_groups edits take effect): the one
+    call into the core."""
     from . import optim
 
     options = optim._core_options(optim._hf.core_group(group))
-    if group["params"] and group["params"][0] is p:
+    first = group["params"][0] if group["params"] else None
+    if any(p is first for p in params):
         optim._hf.before_step(optimizer._rms_before_step, group)
-    if optim._is_dtensor(p):
-        optim._Sharded.step(optimizer, [p], options)
-        return
-    state = optimizer.state[p]
-    if len(state) == 0:
-        state.update(_C.adafactor_init_state(p, **options))
-    optimizer.skipped_updates += _C.adafactor_step([p], [p.grad], [state], **options)
+    plain, sharded = [], []
+    for p in params:
+        (sharded if optim._is_dtensor(p) else plain).append(p)
+    if plain:
+        states = []
+        for p in plain:
+            state = optimizer.state[p]
+            if len(state) == 0:
+                state.update(_C.adafactor_init_state(p, **options))
+            states.append(state)
+        optimizer.skipped_updates += _C.adafactor_step(
+            plain, [p.grad for p in plain], states, **options)
+    if sharded:
+        optim._Sharded.step(optimizer, sharded, options)
 
 
 def _zero_class():
@@ -101,6 +110,12 @@ def refuse_zero() -> None:
                 "under ZeroRedundancyOptimizer, or step_in_backward=True with "
                 "DistributedDataParallel alone")
         frame = frame.f_back
+
+
+# Gradients of small parameters wait until they add up to this many bytes, or to
+# 1/_BATCH_FRACTION of the largest parameter, before one call into the core.
+_MIN_BATCH_BYTES = 1 << 20
+_BATCH_FRACTION = 8
 
 
 class _Hook:
@@ -138,11 +153,9 @@ class _DDPStep:
                 "N-1 micro-batches")
         if not torch.accelerator.is_available():
             _keep_ddp_from_queueing_its_stream_callback(sys._getframe(1))
-        group = self._owner.group_of(p)
-        if group is not None:
-            with torch.no_grad():
-                step_parameter(optimizer, group, p)
-        p.grad = None
+        # The gradient is a view of DDP's bucket, which lives on anyway:
+        # batching the steps costs no memory here.
+        self._owner.on_accumulated(p)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
@@ -185,6 +198,10 @@ class InBackward:
         self._stepped: set[int] = set()  # parameters stepped in this pass
         self._groups_key = None
         self._group_by_param: dict[int, dict] = {}
+        # Gradients waiting for one call into the core, by group.
+        self._pending: dict[int, tuple] = {}
+        self._pending_bytes = 0
+        self._batch_bytes = _MIN_BATCH_BYTES
         # No hook may outlive the optimizer (the hooks dict lives on the
         # parameter, which usually does).
         self._finalizer = weakref.finalize(optimizer, InBackward._remove_all, self._hooked)
@@ -196,10 +213,13 @@ class InBackward:
         for p in params:
             if id(p) in self._hooked:
                 continue
+            # The batch stays a small fraction of the largest parameter.
+            self._batch_bytes = max(self._batch_bytes,
+                                    p.numel() * p.element_size() // _BATCH_FRACTION)
             if not p.requires_grad:
-                raise ValueError(
-                    "step_in_backward=True needs parameters that require grad: its steps "
-                    "run from autograd's hook on the parameter's accumulated gradient")
+                # Frozen: no hook (autograd refuses one). Should it get a
+                # gradient later, the end of a stepping pass updates it.
+                continue
             self._refuse_a_second_optimizer(p)
             handle = p.register_post_accumulate_grad_hook(_Hook(self))
             ddp_step = _DDPStep(self, p)
@@ -252,15 +272,18 @@ class InBackward:
 
     # The step -----------------------------------------------------------
     def group_of(self, p: Tensor):
-        optimizer = self.optimizer()
-        groups = optimizer.param_groups
-        # load_state_dict and param_groups edits replace group dicts: look up
-        # again whenever the groups are not the ones mapped.
+        """The group of p now (read once per pass: load_state_dict and
+        param_groups edits between passes replace group dicts)."""
+        if self._pass_task is None or self._groups_key is None:
+            self._map_groups()
+        return self._group_by_param.get(id(p))
+
+    def _map_groups(self) -> None:
+        groups = self.optimizer().param_groups
         key = tuple((id(g), id(g["params"]), len(g["params"])) for g in groups)
         if key != self._groups_key:
             self._group_by_param = {id(q): g for g in groups for q in g["params"]}
             self._groups_key = key
-        return self._group_by_param.get(id(p))
 
     def _begin_pass_if_new(self) -> None:
         task = torch._C._current_graph_task_id()
@@ -274,8 +297,13 @@ class InBackward:
                 "count as a pass of its own: checkpoint with use_reentrant=False, or use "
                 "accumulate_steps=1")
         self._pass_task = task
+        self._map_groups()
         self._passes += 1
         self._stepped.clear()
+        # Left by a pass that raised (its end never came): their gradients
+        # stay and accumulate, as with the usual step.
+        self._pending.clear()
+        self._pending_bytes = 0
         owner = weakref.ref(self)
 
         def end_of_pass() -> None:
@@ -289,6 +317,7 @@ class InBackward:
         return self._passes % self.accumulate_steps == 0
 
     def on_accumulated(self, p: Tensor) -> None:
+        """A parameter's gradient is complete for this pass."""
         optimizer = self.optimizer()
         if optimizer is None:
             return
@@ -298,10 +327,36 @@ class InBackward:
         group = self.group_of(p)
         if group is None:  # removed from param_groups by hand
             return
-        with torch.no_grad():
-            step_parameter(optimizer, group, p)
         self._stepped.add(id(p))
-        p.grad = None
+        self._enqueue(group, p)
+
+    def _enqueue(self, group: dict, p: Tensor) -> None:
+        # Gradients wait in a small batch, so that many small parameters
+        # (biases, norms) take one call into the core; a large one goes at once.
+        # Sizes are whole-parameter ones, the same on every rank (FSDP2's
+        # steps all-reduce, so every rank must batch alike).
+        entry = self._pending.get(id(group))
+        if entry is None:
+            entry = self._pending[id(group)] = (group, [])
+        entry[1].append(p)
+        self._pending_bytes += p.numel() * p.element_size()
+        if self._pending_bytes >= self._batch_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        optimizer = self.optimizer()
+        pending, self._pending, self._pending_bytes = self._pending, {}, 0
+        if optimizer is None:
+            return
+        with torch.no_grad():
+            for group, params in pending.values():
+                step_parameters(optimizer, group, params)
+                for p in params:
+                    p.grad = None
+
+    def _taken_by_ddp(self, p: Tensor) -> bool:
+        entry = self._hooked.get(id(p))
+        return entry is not None and entry[1].id not in (p._post_accumulate_grad_hooks or {})
 
     def _end_pass(self) -> None:
         self._pass_task = None
@@ -310,13 +365,14 @@ class InBackward:
             return
         self._passes = 0
         # The usual step updates every parameter that holds a gradient: here
-        # those that got one only in earlier passes of the window.
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None and id(p) not in self._stepped and id(p) in self._hooked:
-                        step_parameter(optimizer, group, p)
-                        p.grad = None
+        # also those that got one only in earlier passes of the window.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if (p.grad is not None and id(p) not in self._stepped
+                        and not self._taken_by_ddp(p)):
+                    self._stepped.add(id(p))
+                    self._enqueue(group, p)
+        self._flush()
         self._stepped.clear()
 
 
