@@ -109,6 +109,28 @@ def test_gradients_are_none_after_backward():
     opt.zero_grad()
 
 
+def test_backward_holds_about_one_large_gradient_at_a_time():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(512, 512) for _ in range(6)])  # 1 MiB weights
+    opt = tcltorch.Adafactor(model.parameters(), step_in_backward=True)
+    params = list(model.parameters())
+    live = []
+
+    def count(_):  # registered after the optimizer's hooks: runs after them
+        live.append(sum(q.grad.numel() * q.grad.element_size()
+                        for q in params if q.grad is not None))
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(count)
+    model(torch.randn(4, 512)).square().mean().backward()
+    largest = max(p.numel() * p.element_size() for p in params)
+    total = sum(p.numel() * p.element_size() for p in params)
+    # The usual step would hold all of them; here at most the batch of
+    # waiting small gradients (max(1 MiB, largest / 8)) and one more.
+    assert max(live) <= (1 << 20) + largest < total / 2
+    assert int(opt.state[params[0]]["step"]) == 1
+
+
 def test_step_runs_the_closure_only():
     _, _, inb, opt = pair()
     x, y = batches(1, torch.float32)[0]
