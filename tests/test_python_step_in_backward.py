@@ -316,6 +316,10 @@ def test_remove_step_in_backward_returns_to_the_usual_step():
     assert not opt_b.step_in_backward
     assert not any(p._post_accumulate_grad_hooks for p in inb.parameters())
     assert not any(hasattr(p, "_in_backward_optimizers") for p in inb.parameters())
+    from torch.distributed.optim import apply_optimizer_in_backward as torch_in_backward
+
+    assert not any(torch_in_backward.param_to_optim_hook_handle_map.get(p)
+                   for p in inb.parameters())
     train(inb, opt_b, data[2:])
     assert_same_bits(usual, inb)
 

@@ -3,7 +3,9 @@
 Each parameter's Adafactor update depends only on its own gradient and state,
 so it can run the moment autograd has accumulated that gradient
 (``Tensor.register_post_accumulate_grad_hook``); the gradient is then freed.
-A training step then holds about one gradient at a time instead of all of them.
+A training step then holds about one gradient at a time instead of all of them:
+small gradients wait in a batch (max(1 MiB, 1/8 of the largest parameter)) so
+that they take one call into the core (``step_parameters``) per group.
 
 With ``accumulate_steps=N`` the gradients of N backward passes accumulate as
 usual and the step runs inside the N-th one: each parameter in its hook, and at
@@ -17,7 +19,7 @@ Under DistributedDataParallel the optimizer takes part in torch's protocol for
 optimizers in backward (``param._in_backward_optimizers``, filled by
 ``torch.distributed.optim._apply_optimizer_in_backward``): DDP removes our hooks
 and runs the step after its all-reduce. FSDP2 calls the hooks itself after its
-reduce-scatter. ZeroRedundancyOptimizer is refused (see ``_refuse_zero``).
+reduce-scatter. ZeroRedundancyOptimizer is refused (see ``refuse_zero``).
 """
 from __future__ import annotations
 
@@ -254,8 +256,12 @@ class InBackward:
 
     @staticmethod
     def _remove_all(hooked: dict) -> None:
+        torch_handles = _torch_handle_map()
         for p, handle, ddp_step in hooked.values():
             handle.remove()
+            listed = torch_handles.get(p) if torch_handles is not None else None
+            if listed is not None:
+                listed[:] = [h for h in listed if h is not handle]
             optimizers = getattr(p, "_in_backward_optimizers", None)
             if optimizers is not None:
                 optimizers[:] = [o for o in optimizers if o is not ddp_step]
@@ -265,10 +271,6 @@ class InBackward:
                         if hasattr(p, name):
                             delattr(p, name)
         hooked.clear()
-
-    @property
-    def active(self) -> bool:
-        return bool(self._hooked)
 
     # The step -----------------------------------------------------------
     def group_of(self, p: Tensor):
@@ -464,3 +466,9 @@ def _nested_backward() -> bool:
                 return True
         frame = frame.f_back
     return False
+
+
+def _torch_handle_map():
+    """torch's map of the hooks DDP removes (see _offer_to_ddp), if loaded."""
+    module = sys.modules.get("torch.distributed.optim.apply_optimizer_in_backward")
+    return getattr(module, "param_to_optim_hook_handle_map", None)
