@@ -109,6 +109,28 @@ def test_gradients_are_none_after_backward():
     opt.zero_grad()
 
 
+def test_backward_holds_about_one_large_gradient_at_a_time():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(512, 512) for _ in range(6)])  # 1 MiB weights
+    opt = tcltorch.Adafactor(model.parameters(), step_in_backward=True)
+    params = list(model.parameters())
+    live = []
+
+    def count(_):  # registered after the optimizer's hooks: runs after them
+        live.append(sum(q.grad.numel() * q.grad.element_size()
+                        for q in params if q.grad is not None))
+
+    for p in params:
+        p.register_post_accumulate_grad_hook(count)
+    model(torch.randn(4, 512)).square().mean().backward()
+    largest = max(p.numel() * p.element_size() for p in params)
+    total = sum(p.numel() * p.element_size() for p in params)
+    # The usual step would hold all of them; here at most the batch of
+    # waiting small gradients (max(1 MiB, largest / 8)) and one more.
+    assert max(live) <= (1 << 20) + largest < total / 2
+    assert int(opt.state[params[0]]["step"]) == 1
+
+
 def test_step_runs_the_closure_only():
     _, _, inb, opt = pair()
     x, y = batches(1, torch.float32)[0]
@@ -294,6 +316,10 @@ def test_remove_step_in_backward_returns_to_the_usual_step():
     assert not opt_b.step_in_backward
     assert not any(p._post_accumulate_grad_hooks for p in inb.parameters())
     assert not any(hasattr(p, "_in_backward_optimizers") for p in inb.parameters())
+    from torch.distributed.optim import apply_optimizer_in_backward as torch_in_backward
+
+    assert not any(torch_in_backward.param_to_optim_hook_handle_map.get(p)
+                   for p in inb.parameters())
     train(inb, opt_b, data[2:])
     assert_same_bits(usual, inb)
 

@@ -3,7 +3,9 @@
 Each parameter's Adafactor update depends only on its own gradient and state,
 so it can run the moment autograd has accumulated that gradient
 (``Tensor.register_post_accumulate_grad_hook``); the gradient is then freed.
-A training step then holds about one gradient at a time instead of all of them.
+A training step then holds about one gradient at a time instead of all of them:
+small gradients wait in a batch (max(1 MiB, 1/8 of the largest parameter)) so
+that they take one call into the core (``step_parameters``) per group.
 
 With ``accumulate_steps=N`` the gradients of N backward passes accumulate as
 usual and the step runs inside the N-th one: each parameter in its hook, and at
@@ -17,7 +19,7 @@ Under DistributedDataParallel the optimizer takes part in torch's protocol for
 optimizers in backward (``param._in_backward_optimizers``, filled by
 ``torch.distributed.optim._apply_optimizer_in_backward``): DDP removes our hooks
 and runs the step after its all-reduce. FSDP2 calls the hooks itself after its
-reduce-scatter. ZeroRedundancyOptimizer is refused (see ``_refuse_zero``).
+reduce-scatter. ZeroRedundancyOptimizer is refused (see ``refuse_zero``).
 """
 from __future__ import annotations
 
@@ -55,11 +57,11 @@ def check_arguments(step_in_backward, accumulate_steps) -> None:
             f"{accumulate_steps} backward passes")
 
 
-def step_parameter(optimizer, group: dict, p: Tensor) -> None:
-    """One parameter's step with its group's options as they are now (LR
-    schedulers and param_groups edits take effect): the one call into the core,
-    the same stepper as step() uses."""
-    optimizer._step_params(group, p)
+def step_parameters(optimizer, group: dict, params: list) -> None:
+    """The step of some parameters of one group, with the group's options as
+    they are now (LR schedulers and param_groups edits take effect): the one
+    call into the core, through the same stepper as step()."""
+    optimizer._step_params(group, params)
 
 
 def _zero_class():
@@ -89,6 +91,12 @@ def refuse_zero() -> None:
                 "under ZeroRedundancyOptimizer, or step_in_backward=True with "
                 "DistributedDataParallel alone")
         frame = frame.f_back
+
+
+# Gradients of small parameters wait until they add up to this many bytes, or to
+# 1/_BATCH_FRACTION of the largest parameter, before one call into the core.
+_MIN_BATCH_BYTES = 1 << 20
+_BATCH_FRACTION = 8
 
 
 class _Hook:
@@ -126,11 +134,9 @@ class _DDPStep:
                 "N-1 micro-batches")
         if not torch.accelerator.is_available():
             _keep_ddp_from_queueing_its_stream_callback(sys._getframe(1))
-        group = self._owner.group_of(p)
-        if group is not None:
-            with torch.no_grad():
-                step_parameter(optimizer, group, p)
-        p.grad = None
+        # The gradient is a view of DDP's bucket, which lives on anyway:
+        # batching the steps costs no memory here.
+        self._owner.on_accumulated(p)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
@@ -173,6 +179,10 @@ class InBackward:
         self._stepped: set[int] = set()  # parameters stepped in this pass
         self._groups_key = None
         self._group_by_param: dict[int, dict] = {}
+        # Gradients waiting for one call into the core, by group.
+        self._pending: dict[int, tuple] = {}
+        self._pending_bytes = 0
+        self._batch_bytes = _MIN_BATCH_BYTES
         # No hook may outlive the optimizer (the hooks dict lives on the
         # parameter, which usually does).
         self._finalizer = weakref.finalize(optimizer, InBackward._remove_all, self._hooked)
@@ -184,10 +194,13 @@ class InBackward:
         for p in params:
             if id(p) in self._hooked:
                 continue
+            # The batch stays a small fraction of the largest parameter.
+            self._batch_bytes = max(self._batch_bytes,
+                                    p.numel() * p.element_size() // _BATCH_FRACTION)
             if not p.requires_grad:
-                raise ValueError(
-                    "step_in_backward=True needs parameters that require grad: its steps "
-                    "run from autograd's hook on the parameter's accumulated gradient")
+                # Frozen: no hook (autograd refuses one). Should it get a
+                # gradient later, the end of a stepping pass updates it.
+                continue
             self._refuse_a_second_optimizer(p)
             handle = p.register_post_accumulate_grad_hook(_Hook(self))
             ddp_step = _DDPStep(self, p)
@@ -222,8 +235,12 @@ class InBackward:
 
     @staticmethod
     def _remove_all(hooked: dict) -> None:
+        torch_handles = _torch_handle_map()
         for p, handle, ddp_step in hooked.values():
             handle.remove()
+            listed = torch_handles.get(p) if torch_handles is not None else None
+            if listed is not None:
+                listed[:] = [h for h in listed if h is not handle]
             optimizers = getattr(p, "_in_backward_optimizers", None)
             if optimizers is not None:
                 optimizers[:] = [o for o in optimizers if o is not ddp_step]
@@ -234,21 +251,20 @@ class InBackward:
                             delattr(p, name)
         hooked.clear()
 
-    @property
-    def active(self) -> bool:
-        return bool(self._hooked)
-
     # The step -----------------------------------------------------------
     def group_of(self, p: Tensor):
-        optimizer = self.optimizer()
-        groups = optimizer.param_groups
-        # load_state_dict and param_groups edits replace group dicts: look up
-        # again whenever the groups are not the ones mapped.
+        """The group of p now (read once per pass: load_state_dict and
+        param_groups edits between passes replace group dicts)."""
+        if self._pass_task is None or self._groups_key is None:
+            self._map_groups()
+        return self._group_by_param.get(id(p))
+
+    def _map_groups(self) -> None:
+        groups = self.optimizer().param_groups
         key = tuple((id(g), id(g["params"]), len(g["params"])) for g in groups)
         if key != self._groups_key:
             self._group_by_param = {id(q): g for g in groups for q in g["params"]}
             self._groups_key = key
-        return self._group_by_param.get(id(p))
 
     def _begin_pass_if_new(self) -> None:
         task = torch._C._current_graph_task_id()
@@ -262,8 +278,13 @@ class InBackward:
                 "count as a pass of its own: checkpoint with use_reentrant=False, or use "
                 "accumulate_steps=1")
         self._pass_task = task
+        self._map_groups()
         self._passes += 1
         self._stepped.clear()
+        # Left by a pass that raised (its end never came): their gradients
+        # stay and accumulate, as with the usual step.
+        self._pending.clear()
+        self._pending_bytes = 0
         owner = weakref.ref(self)
 
         def end_of_pass() -> None:
@@ -277,6 +298,7 @@ class InBackward:
         return self._passes % self.accumulate_steps == 0
 
     def on_accumulated(self, p: Tensor) -> None:
+        """A parameter's gradient is complete for this pass."""
         optimizer = self.optimizer()
         if optimizer is None:
             return
@@ -286,10 +308,36 @@ class InBackward:
         group = self.group_of(p)
         if group is None:  # removed from param_groups by hand
             return
-        with torch.no_grad():
-            step_parameter(optimizer, group, p)
         self._stepped.add(id(p))
-        p.grad = None
+        self._enqueue(group, p)
+
+    def _enqueue(self, group: dict, p: Tensor) -> None:
+        # Gradients wait in a small batch, so that many small parameters
+        # (biases, norms) take one call into the core; a large one goes at once.
+        # Sizes are whole-parameter ones, the same on every rank (FSDP2's
+        # steps all-reduce, so every rank must batch alike).
+        entry = self._pending.get(id(group))
+        if entry is None:
+            entry = self._pending[id(group)] = (group, [])
+        entry[1].append(p)
+        self._pending_bytes += p.numel() * p.element_size()
+        if self._pending_bytes >= self._batch_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        optimizer = self.optimizer()
+        pending, self._pending, self._pending_bytes = self._pending, {}, 0
+        if optimizer is None:
+            return
+        with torch.no_grad():
+            for group, params in pending.values():
+                step_parameters(optimizer, group, params)
+                for p in params:
+                    p.grad = None
+
+    def _taken_by_ddp(self, p: Tensor) -> bool:
+        entry = self._hooked.get(id(p))
+        return entry is not None and entry[1].id not in (p._post_accumulate_grad_hooks or {})
 
     def _end_pass(self) -> None:
         self._pass_task = None
@@ -298,13 +346,14 @@ class InBackward:
             return
         self._passes = 0
         # The usual step updates every parameter that holds a gradient: here
-        # those that got one only in earlier passes of the window.
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None and id(p) not in self._stepped and id(p) in self._hooked:
-                        step_parameter(optimizer, group, p)
-                        p.grad = None
+        # also those that got one only in earlier passes of the window.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if (p.grad is not None and id(p) not in self._stepped
+                        and not self._taken_by_ddp(p)):
+                    self._stepped.add(id(p))
+                    self._enqueue(group, p)
+        self._flush()
         self._stepped.clear()
 
 
@@ -396,3 +445,9 @@ def _nested_backward() -> bool:
                 return True
         frame = frame.f_back
     return False
+
+
+def _torch_handle_map():
+    """torch's map of the hooks DDP removes (see _offer_to_ddp), if loaded."""
+    module = sys.modules.get("torch.distributed.optim.apply_optimizer_in_backward")
+    return getattr(module, "param_to_optim_hook_handle_map", None)
