@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <vector>
 #include <string>
 #include <utility>
 
@@ -60,12 +61,15 @@ const char* snake_of(const char* camel) {
 // read "must be transformers or torch").
 const char* const* tcl_choices(const AdafactorOptionInfo& info) {
   const char* first = info.tcl_default ? info.tcl_default : info.defaults[0];
-  auto* list = new std::vector<const char*>{first};  // lives as long as the spec
+  // Kept (and reachable, for LeakSanitizer) as long as the specs that point
+  // into them, as keep() keeps strings.
+  static std::deque<std::vector<const char*>> store;
+  auto& list = store.emplace_back(std::vector<const char*>{first});
   for (auto c = info.choices; *c; ++c) {
-    if (std::strcmp(*c, first) != 0) list->push_back(*c);
+    if (std::strcmp(*c, first) != 0) list.push_back(*c);
   }
-  list->push_back(nullptr);
-  return list->data();
+  list.push_back(nullptr);
+  return list.data();
 }
 
 ArgSpec arg_of(const AdafactorOptionInfo& info) {
