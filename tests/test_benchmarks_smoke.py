@@ -72,7 +72,8 @@ def test_benchmark_smoke(tmp_path):
     assert dist[(2, 0)]["state_bytes"] + dist[(2, 1)]["state_bytes"] == dist[(1, 0)]["state_bytes"]
     assert "Sharded Adafactor" in out
     ids = {t["id"] for t in res["targets"]}
-    assert {"vs_torch", "vs_adamw", "vs_floor", "small_vs_torch", "tcl_overhead", "peak"} <= ids
+    assert {"vs_torch", "vs_adamw", "vs_floor", "small_vs_torch", "tcl_overhead", "peak",
+            "py_vs_cpp", "py_overhead"} <= ids
     assert all(t["value"] is not None for t in res["targets"])
 
     # The docs page, and its plots when matplotlib is there.

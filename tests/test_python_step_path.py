@@ -272,3 +272,21 @@ def test_step_params_with_a_list_equals_step_bit_for_bit():
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert opt_a.skipped_updates == opt_b.skipped_updates == 1
+
+
+def test_state_tensors_replaced_between_steps_are_the_ones_stepped():
+    ps = make_params(shapes=[(6, 9), (13,)])
+    opt = tcltorch.Adafactor(ps)
+    for i in range(2):
+        set_grads(ps, grads_for(ps, 500 + i))
+        opt.step()
+    # A new tensor in a state dict, a new state dict, a deleted state.
+    row = opt.state[ps[0]]["row_var"].clone()
+    opt.state[ps[0]]["row_var"] = row
+    before = row.clone()
+    del opt.state[ps[1]]
+    set_grads(ps, grads_for(ps, 600))
+    opt.step()
+    assert not torch.equal(row, before)
+    assert opt.state[ps[0]]["step"].item() == 3
+    assert opt.state[ps[1]]["step"].item() == 1  # made again, lazily

@@ -92,7 +92,9 @@ class GroupStepper {
         before_step_(std::move(before_step)),
         sharded_step_(std::move(sharded_step)),
         add_skipped_(std::move(add_skipped)),
-        params_key_(py::str("params")) {
+        params_key_(py::str("params")),
+        hash_name_(steal(PyUnicode_InternFromString("__hash__"))),
+        tensor_hash_(py::module_::import("torch").attr("Tensor").attr("__dict__")["__hash__"]) {
     for (const auto& info : kAdafactorOptionTable) {
       py::str name(info.name);
       if (!watch.contains(name)) {
@@ -147,7 +149,8 @@ class GroupStepper {
     std::shared_ptr<const AdafactorOptions> options;
     bool flag = false;  // call before_step
     bool valid = false;
-    std::unordered_map<PyObject*, std::shared_ptr<Slot>> slots;
+    std::unordered_map<PyObject*, std::shared_ptr<Slot>> slots;  // by parameter
+    std::vector<std::shared_ptr<Slot>> order;  // the slots of the last step, in its order
   };
 
   std::uint64_t bit(py::handle key) {
@@ -169,6 +172,7 @@ class GroupStepper {
       current.insert(PyTuple_GET_ITEM(params, i));
     }
     std::erase_if(e.slots, [&](const auto& kv) { return !current.count(kv.first); });
+    e.order.clear();
   }
 
   PyObject* group_params(PyObject* group) {
@@ -261,14 +265,15 @@ class GroupStepper {
                              type_name(obj));
       }
       const at::Tensor& p = THPVariable_Unpack(obj);
-      if (!p.grad().defined()) continue;
+      const at::Tensor& grad = p.grad();
+      if (!grad.defined()) continue;
       if (is_dtensor(obj)) {
         sharded.append(obj);
         continue;
       }
-      auto slot = slot_for(e, obj, p, state, *options);
+      auto slot = slot_for(e, static_cast<std::size_t>(i), obj, p, state, *options);
       const bool had = slot->state.exp_avg().defined();
-      work.push_back({&p, p.grad(), std::move(slot), had});
+      work.push_back({&p, grad, std::move(slot), had});
     }
     std::int64_t skipped = 0;
     if (!work.empty()) {
@@ -295,16 +300,24 @@ class GroupStepper {
   // optimizer.state[param] as the core's state, kept from the last step while
   // the dict holds the same tensors: reading it again would copy five tensor
   // references, each of which touches its Python object twice.
-  std::shared_ptr<Slot> slot_for(Entry& e, PyObject* obj, const at::Tensor& p,
-                                 py::handle state, const AdafactorOptions& options) {
-    // A defaultdict: a new parameter gets its empty dict here.
-    auto d = steal(PyObject_GetItem(state.ptr(), obj));
+  // `position`: of the parameter in what is stepped, where its slot was last
+  // time (checked; the map is the truth).
+  std::shared_ptr<Slot> slot_for(Entry& e, std::size_t position, PyObject* obj,
+                                 const at::Tensor& p, py::handle state,
+                                 const AdafactorOptions& options) {
+    auto d = state_of(state.ptr(), obj);
     if (!PyDict_Check(d.ptr())) {
       throw py::type_error("the optimizer state of a parameter must be a dict, got " +
                            type_name(d.ptr()));
     }
-    auto& slot = e.slots[obj];
-    if (slot && slot->dict.ptr() == d.ptr() && slot->param.ptr() == obj) {
+    if (e.order.size() <= position) e.order.resize(position + 1);
+    auto& hint = e.order[position];
+    if (!hint || hint->param.ptr() != obj) {
+      auto it = e.slots.find(obj);
+      hint = it == e.slots.end() ? nullptr : it->second;
+    }
+    auto& slot = hint;
+    if (slot && slot->dict.ptr() == d.ptr()) {
       bool same = true;
       for (std::size_t k = 0; k < kStateKeyCount && same; ++k) {
         same = dict_get(d.ptr(), state_key(k)) == slot->seen[k].ptr();
@@ -331,12 +344,30 @@ class GroupStepper {
         fresh->seen[k] = py::reinterpret_borrow<py::object>(dict_get(d.ptr(), state_key(k)));
       }
     }
+    e.slots[obj] = fresh;
     slot = fresh;
     return slot;
   }
 
+  // optimizer.state[param]. Tensor.__hash__ is id(self), a Python function:
+  // for a parameter whose type keeps it, the dict is probed with that hash
+  // directly (a missing key still goes through the defaultdict's __missing__).
+  py::object state_of(PyObject* state, PyObject* obj) {
+#if PY_VERSION_HEX < 0x030D0000
+    if (PyDict_Check(state) &&
+        _PyType_Lookup(Py_TYPE(obj), hash_name_.ptr()) == tensor_hash_.ptr()) {
+      // hash(id(obj)): an address is below the modulus of int hashes.
+      const auto hash = static_cast<Py_hash_t>(reinterpret_cast<std::uintptr_t>(obj));
+      PyObject* d = _PyDict_GetItem_KnownHash(state, obj, hash);
+      if (d) return py::reinterpret_borrow<py::object>(d);
+      if (PyErr_Occurred()) throw py::error_already_set();
+    }
+#endif
+    return steal(PyObject_GetItem(state, obj));  // a defaultdict makes the empty dict
+  }
+
   py::object convert_, flag_, before_step_, sharded_step_, add_skipped_;
-  py::object params_key_;
+  py::object params_key_, hash_name_, tensor_hash_;
   std::vector<py::object> keys_;              // the group keys watched, interned
   std::vector<py::object> option_names_;      // indexed like kAdafactorOptionTable
   std::vector<std::uint64_t> option_masks_;   // the keys each option is read from
