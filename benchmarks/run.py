@@ -1,6 +1,6 @@
 """The Adafactor step, side by side, in one run: `make bench`, or
 
-    .venv/bin/python benchmarks/run.py            # the full run, ~5 minutes
+    .venv/bin/python benchmarks/run.py            # the full run, ~15 minutes
     .venv/bin/python benchmarks/run.py --smoke    # the same code paths, tiny sizes
 
 Times one optimizer step of tcltorch through its three doors (C++, Python, Tcl),

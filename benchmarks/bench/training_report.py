@@ -180,7 +180,7 @@ def plot(results, directory: Path) -> str | None:
               "torch_in_backward": "#f0a09e", "adamw_fused": "#2e9e5b", "adalomo": "#c9a227"}
     labels = [r["label"].replace("(", "\n(", 1) if len(r["label"]) > 30 else r["label"]
               for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.55 * len(rows) + 2.2), sharey=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.55 * len(rows) + 2.8), sharey=True)
     y = list(range(len(rows)))
     ax1.barh(y, [r["added"] / 1e6 for r in rows], color=[colors.get(r["key"]) for r in rows])
     for yy, r in zip(y, rows):
@@ -190,7 +190,7 @@ def plot(results, directory: Path) -> str | None:
                            (pb, "-.", "parameter bytes")):
         ax1.axvline(x / 1e6, color="k", linestyle=style, linewidth=1, label=text)
     ax1.set_xlabel("peak memory a training step adds, MB")
-    ax1.legend(fontsize=7, loc="lower right")
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax1.margins(x=0.2)
     ax1.set_yticks(y)
     ax1.set_yticklabels(labels, fontsize=8)
@@ -202,7 +202,7 @@ def plot(results, directory: Path) -> str | None:
     if usual:
         ax2.axvline(usual * TIME_LIMIT, color="k", linestyle="--", linewidth=1,
                     label=f"{TIME_LIMIT}x tcltorch.Adafactor")
-        ax2.legend(fontsize=7, loc="lower right")
+        ax2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax2.set_xlabel("seconds per training step (median)")
     ax2.margins(x=0.2)
     fig.suptitle(f"Training step of a {tr['param_numel'] / 1e6:.1f}M-parameter transformer, "
