@@ -801,7 +801,7 @@ struct Factored {
 // parameter for param^2); pass G2 rebuilds the factors from the state, by
 // the same code, and applies the update. Groups are taken in batches of
 // kBatchElems elements at most. 3 x 3 groups (by far the most common) are
-// taken eight at a time, one group a lane (see Lanes9): the per-row and
+// taken eight at a time, one group a lane (see to_lanes): the per-row and
 // per-column work is then plain vector arithmetic. Others, and the few 3 x 3
 // groups left over at the end of a block, go through per-batch arrays.
 // NN, MM: the group's shape when known at compile time, else 0.
@@ -984,16 +984,38 @@ struct Groups {
       load_stats(row, R);
       load_stats(col, C);
     }
-    V F[9], mean;
-    const unsigned clamped = factors8(R, C, F, mean);
-    V U[9];
-    for (int e = 0; e < 9; ++e) U[e] = F[e] * E[e];
-    for (int l = 0; clamped && l < kLanes; ++l) {
-      if (!(clamped >> l & 1u)) continue;
-      for (int e = 0; e < 9; ++e) U[e][l] = floored(E[e][l], R, C, mean, e, l);
+    // sum U^2 = sum_ij F_ij^2 G_ij^2 with F_ij^2 = (mean / R_i) / C_j, taken
+    // before the square roots that pass G2 rounds F through: no square
+    // roots here, and the same sum to a few ulps.
+    V mean = ((R[0] + R[1]) + R[2]) / three;
+    const T eps1 = static_cast<T>(job.eps1);
+    if (job.torch_variant) mean = mean < splat<T>(eps1) ? splat<T>(eps1) : mean;
+    V g2[9];
+    for (int e = 0; e < 9; ++e) g2[e] = job.torch_variant ? sq[e] : E[e] * E[e];
+    const V one = splat<T>(T(1));
+    const V ic[3] = {one / C[0], one / C[1], one / C[2]};
+    V a{};
+    for (int i = 0; i < 3; ++i) {
+      const V row_sum = (g2[3 * i] * ic[0] + g2[3 * i + 1] * ic[1]) + g2[3 * i + 2] * ic[2];
+      a += (mean / R[i]) * row_sum;
     }
-    V a = U[0] * U[0];
-    for (int e = 1; e < 9; ++e) a += U[e] * U[e];
+    if (job.torch_variant) {
+      // Groups where torch's floor can bite (as factors8 finds them): U
+      // element by element.
+      V min_row = R[0], min_col = C[0];
+      for (int i = 1; i < 3; ++i) min_row = R[i] < min_row ? R[i] : min_row;
+      for (int j = 1; j < 3; ++j) min_col = C[j] < min_col ? C[j] : min_col;
+      const auto fine = (min_row / mean) * min_col >= splat<T>(eps1 * eps1);
+      for (int l = 0; l < kLanes; ++l) {
+        if (fine[l]) continue;
+        T sum = 0;
+        for (int e = 0; e < 9; ++e) {
+          const T u = floored(E[e][l], R, C, mean, e, l);
+          sum += u * u;
+        }
+        a[l] = sum;
+      }
+    }
     usq_lanes.add(a);
   }
 
