@@ -23,6 +23,7 @@
 
 #include "adafactor_detail.h"
 #include "kernel/job.h"
+#include "param_sq_cache.h"
 
 namespace tcltorch::detail {
 namespace {
@@ -232,16 +233,43 @@ void prepare_factors(Job& job, AdafactorParamState& state,
 // What the passes of one step share: owned here, pointed to by the Job.
 struct Scratch {
   std::vector<double> param_sq, update_sq;  // per block
+  std::vector<double> param_sq_next;        // per block, the new parameter's
   std::vector<double> row_sums, col_partials, col_sums;
   std::vector<float> Rf, Cf;  // factors (float compute)
   std::vector<double> Rd, Cd;  // factors (double compute)
 };
 
-void per_block_sums(Job& job, Scratch& scratch) {
-  scratch.param_sq.resize(job.blocks);
+// The sum of param^2 this step needs (RMS(param), with scale_parameter):
+// kept from the last step of the same, unchanged tensor (param_sq_cache.h),
+// or summed by the first passes; and whether the last pass sums the new
+// parameter for the next step.
+struct ParamSq {
+  const at::Tensor* param = nullptr;
+  bool needed = true;   // scale_parameter
+  bool produce = false;  // the last pass writes the new parameter and can sum it
+  ParamSqLayout layout;
+  std::optional<double> kept;
+};
+
+// Called once the first pass's blocks are set: per-block sums, and the
+// kept sum if there is one for this layout.
+void per_block_sums(Job& job, Scratch& scratch, Pass first, ParamSq& psq) {
+  scratch.param_sq.assign(job.blocks, 0.0);
   scratch.update_sq.resize(job.blocks);
   job.param_sq = scratch.param_sq.data();
   job.update_sq = scratch.update_sq.data();
+  psq.layout.kind = static_cast<std::int8_t>(first);
+  psq.layout.numbers = {job.O, job.n, job.K, job.m, job.L, job.block_size, job.blocks};
+  if (!psq.needed) {
+    job.param_sq_known = true;
+    return;
+  }
+  psq.kept = param_sq_lookup(*psq.param, psq.layout);
+  job.param_sq_known = psq.kept.has_value();
+  if (psq.produce) {
+    scratch.param_sq_next.assign(job.blocks, 0.0);
+    job.param_sq_next = scratch.param_sq_next.data();
+  }
 }
 
 // The parameter seen as [O, n, K, m, L], rows along dimension a, columns
@@ -261,11 +289,12 @@ void view_factored(Job& job, at::IntArrayRef sizes, std::pair<std::int64_t, std:
 }
 
 // Unfactored: U1 updates the second moment and sums param^2 and U^2.
-void first_pass_unfactored(Job& job, AdafactorParamState& state, Scratch& scratch) {
+void first_pass_unfactored(Job& job, AdafactorParamState& state, Scratch& scratch,
+                           ParamSq& psq) {
   job.variance = state.variance().data_ptr();
   job.block_size = 16384;
   job.blocks = (job.numel + job.block_size - 1) / job.block_size;
-  per_block_sums(job, scratch);
+  per_block_sums(job, scratch, Pass::U1, psq);
   run_pass(job, Pass::U1);
   state.variance().unsafeGetTensorImpl()->bump_version();
 }
@@ -273,14 +302,14 @@ void first_pass_unfactored(Job& job, AdafactorParamState& state, Scratch& scratc
 // Small matrices, one per leading index: G1 does statistics, state and
 // sums in one pass over blocks of whole groups (at least ~32K elements,
 // at most 16 blocks).
-void first_pass_groups(Job& job, AdafactorParamState& state, Scratch& scratch) {
+void first_pass_groups(Job& job, AdafactorParamState& state, Scratch& scratch, ParamSq& psq) {
   const std::int64_t want = std::min(std::clamp<std::int64_t>(job.numel / 32768, 1, 16),
                                      std::max<std::int64_t>(job.O, 1));
   job.block_size = (job.O + want - 1) / want;
   job.blocks = job.O == 0 ? 0 : (job.O + job.block_size - 1) / job.block_size;
   job.row_var = state.row_var().data_ptr();
   job.col_var = state.col_var().data_ptr();
-  per_block_sums(job, scratch);
+  per_block_sums(job, scratch, Pass::G1, psq);
   run_pass(job, Pass::G1);
   state.row_var().unsafeGetTensorImpl()->bump_version();
   state.col_var().unsafeGetTensorImpl()->bump_version();
@@ -289,7 +318,7 @@ void first_pass_groups(Job& job, AdafactorParamState& state, Scratch& scratch) {
 // Large matrices: F1 (row and column sums), the statistics and factors in
 // between, F2 (sums of U^2 and param^2).
 void first_passes_factored(Job& job, AdafactorParamState& state, const AdafactorShard* shard,
-                           bool rows_split, Scratch& scratch) {
+                           bool rows_split, Scratch& scratch, ParamSq& psq) {
   const ReduceFn* reduce = shard ? &shard->all_reduce_sum : nullptr;
   const std::int64_t units = job.O * job.n * job.K;
   const std::int64_t cols = job.O * job.K * job.m * job.L;
@@ -312,7 +341,7 @@ void first_passes_factored(Job& job, AdafactorParamState& state, const Adafactor
   scratch.col_partials.resize(col_copies * cols);
   job.row_sums = scratch.row_sums.data();
   job.col_partials = scratch.col_partials.data();
-  per_block_sums(job, scratch);
+  per_block_sums(job, scratch, Pass::F2, psq);
 
   run_pass(job, Pass::F1);
   auto& col_sums = scratch.col_sums;
@@ -424,23 +453,30 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   job.exp_avg = state.exp_avg().defined() ? state.exp_avg().data_ptr() : nullptr;
 
   Scratch scratch;
+  ParamSq psq;
+  psq.param = &param;
+  psq.needed = options.scale_parameter();
+  // Caution leaves the parameter to pass C2, whose blocks differ.
+  psq.produce = psq.needed && !job.caution && param_sq_cache_enabled() && job.numel > 0 &&
+                param.unsafeGetTensorImpl()->version_counter().enabled();
   Pass last = Pass::U2;
   if (!dims) {
-    first_pass_unfactored(job, state, scratch);
+    first_pass_unfactored(job, state, scratch, psq);
   } else {
     view_factored(job, param.sizes(), *dims);
     // Sharded along the row dimension, columns span the shards; sharded
     // along an earlier dimension, only the parameter-wide sums do.
     const bool rows_split = shard && dims->first == 0;
     if (job.K == 1 && job.L == 1 && job.n * job.m <= kernel::kGroupMaxElems && !rows_split) {
-      first_pass_groups(job, state, scratch);
+      first_pass_groups(job, state, scratch, psq);
       last = Pass::G2;
     } else {
-      first_passes_factored(job, state, shard, rows_split, scratch);
+      first_passes_factored(job, state, shard, rows_split, scratch, psq);
       last = Pass::F3;
     }
   }
-  double sums[2] = {ordered_sum(scratch.param_sq), ordered_sum(scratch.update_sq)};
+  double sums[2] = {psq.kept ? *psq.kept : ordered_sum(scratch.param_sq),
+                    ordered_sum(scratch.update_sq)};
   if (reduce) (*reduce)(sums, 2);
   const double param_sq_total = sums[0], update_sq_total = sums[1];
 
@@ -497,6 +533,9 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   }
   param.unsafeGetTensorImpl()->bump_version();
   if (job.exp_avg) state.exp_avg().unsafeGetTensorImpl()->bump_version();
+  if (job.param_sq_next) {
+    param_sq_store(param, psq.layout, ordered_sum(scratch.param_sq_next));
+  }
 }
 
 }  // namespace tcltorch::detail

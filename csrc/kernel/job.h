@@ -94,6 +94,13 @@ struct Job {
   double* col_partials = nullptr;
   double* param_sq = nullptr;      // [blocks]
   double* update_sq = nullptr;     // [blocks]
+  // The sum of param^2, for RMS(param). With param_sq_known the first
+  // passes leave it (the caller has it, or needs none) and do not read the
+  // parameter for it. With param_sq_next the last pass (F3, U2, G2) sums the
+  // new parameter per block into it, in the order the first passes use, so
+  // that the next step of an unchanged parameter can take it as known.
+  bool param_sq_known = false;
+  double* param_sq_next = nullptr;  // [blocks]
   // Row and column factors in the compute type (float, or double for F64):
   // R = rsqrt(row / mean_rows(row)), C = rsqrt(col); with `clamp`, the
   // ratios row / mean_rows(row) and col themselves.

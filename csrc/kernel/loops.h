@@ -218,6 +218,30 @@ inline vec<T> splat(T x) {
   return vec<T>{} + x;
 }
 
+// Lane-wise square root (exact, so the same bits under every instruction
+// set): one instruction per register where the target has it.
+template <class T>
+inline vec<T> vsqrt(vec<T> x) {
+  if constexpr (std::is_same_v<T, float>) {
+#if defined(__AVX__)
+    return __builtin_ia32_sqrtps256(x);
+#elif defined(__SSE2__)
+    typedef float f4 __attribute__((vector_size(16)));
+    const f4 lo = __builtin_ia32_sqrtps(__builtin_shufflevector(x, x, 0, 1, 2, 3));
+    const f4 hi = __builtin_ia32_sqrtps(__builtin_shufflevector(x, x, 4, 5, 6, 7));
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+  } else {
+#if defined(__AVX__)
+    const d4 lo = __builtin_ia32_sqrtpd256(__builtin_shufflevector(x, x, 0, 1, 2, 3));
+    const d4 hi = __builtin_ia32_sqrtpd256(__builtin_shufflevector(x, x, 4, 5, 6, 7));
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+  }
+  for (int l = 0; l < kLanes; ++l) x[l] = std::sqrt(x[l]);
+  return x;
+}
+
 // The orders of the final arithmetic (Factored::Tail).
 constexpr int kTorch = 0, kTransformers = 1, kBigVision = 2;
 
@@ -363,16 +387,18 @@ struct Factored {
   // nr rows of one matrix sr rows apart (NR spread over the block, see
   // spread(); else NR neighbours, or 1 where NR do not fit), row r at
   // base + r * sr * m with row factor R[r * sr] and column factors C, when
-  // L == 1 and no V is clamped; else line(at, len, R, rstride, C) for each
-  // contiguous line, to be taken element by element.
+  // L == 1 and no V is clamped (`clamp` false); else line(at, len, R,
+  // rstride, C) for each contiguous line, to be taken element by element.
+  // With `clamp` false the walk is also the fixed order in which param^2 is
+  // summed (psq_block), whatever this step's clamp.
   template <int NR, class Rows, class Line>
-  void walk(i64 block, Rows&& rows, Line&& line) const {
+  void walk(i64 block, bool clamp, Rows&& rows, Line&& line) const {
     const T* R = static_cast<const T*>(job.row_factor);
     const T* C = static_cast<const T*>(job.col_factor);
     const i64 units = job.O * job.n * job.K;
     const i64 u0 = block * job.block_size;
     const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
-    const i64 q = job.clamp ? 0 : spread(u0, u1, NR);
+    const i64 q = clamp ? 0 : spread(u0, u1, NR);
     for (i64 r = 0; r < q; ++r) {  // NR rows q apart
       const i64 unit = u0 + r;
       rows(unit * job.m, R + unit, C + (unit / job.n) * job.m, NR, q);
@@ -382,7 +408,7 @@ struct Factored {
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
-      if (job.L == 1 && !job.clamp) {
+      if (job.L == 1 && !clamp) {
         const i64 nr = job.K == 1 && unit + NR <= u1 && i + NR <= job.n ? NR : 1;
         rows(base, R + unit, C + col_base, nr, 1);
         unit += nr;
@@ -398,74 +424,128 @@ struct Factored {
   }
 
 
-  // Pass 2: the sums of U^2 and of param^2 (for RMS(param), needed only
-  // from pass 3 on). Reading the parameter here rather than in pass 1 gives
-  // this pass two streams, and pass 3 finds the end of the block freshly
-  // read. NR rows of one matrix at a time, each with its own row factor.
-  template <int NR>
+  // Pass 2: the sums of U^2 (WithU) and of param^2 (WithP; for RMS(param),
+  // needed only from pass 3 on). Reading the parameter here rather than in
+  // pass 1 gives this pass two streams, and pass 3 finds the end of the block
+  // freshly read. NR rows of one matrix at a time, each with its own row
+  // factor. The param^2 sums take the same steps whether or not WithU: pass
+  // 3 repeats them on the rows it has written (param_sq_next).
+  template <int NR, bool WithU = true, bool WithP = true>
   void rows2(const P* g, const P* p, const T* R, const T* C, Wide& usq_lanes,
              Wide& psq_lanes, double* usq, double* psq, i64 sr = 1) const {
     const i64 rs = sr * job.m;
     const i64 m = job.m;
     const T s = sign();
     vec<T> vsr[NR];
-    for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r * sr]);
+    for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(WithU ? s * R[r * sr] : T(0));
     const i64 mv = m - m % kLanes;  // the vectorised part
     for (i64 x = 0; x < mv; x += kRun) {
       const i64 end = x + kRun < mv ? x + kRun : mv;
       vec<T> a0{}, a1{}, q0{}, q1{};
       for (i64 c = x; c < end; c += kLanes) {
-        const vec<T> cv = vload<T>(C + c);
+        vec<T> cv{};
+        if constexpr (WithU) cv = vload<T>(C + c);
         for (int r = 0; r < NR; ++r) {
-          const vec<T> u = vsr[r] * vload<T>(g + r * rs + c) * cv;
-          const vec<T> pv = vload<T>(p + r * rs + c);
-          if (r % 2 == 0) {
-            a0 += u * u;
-            q0 += pv * pv;
-          } else {
-            a1 += u * u;
-            q1 += pv * pv;
+          if constexpr (WithU) {
+            const vec<T> u = vsr[r] * vload<T>(g + r * rs + c) * cv;
+            if (r % 2 == 0) {
+              a0 += u * u;
+            } else {
+              a1 += u * u;
+            }
+          }
+          if constexpr (WithP) {
+            const vec<T> pv = vload<T>(p + r * rs + c);
+            if (r % 2 == 0) {
+              q0 += pv * pv;
+            } else {
+              q1 += pv * pv;
+            }
           }
         }
       }
-      usq_lanes.add(a0 + a1);
-      psq_lanes.add(q0 + q1);
+      if constexpr (WithU) usq_lanes.add(a0 + a1);
+      if constexpr (WithP) psq_lanes.add(q0 + q1);
     }
     for (i64 x = mv; x < m; ++x) {
       for (int r = 0; r < NR; ++r) {
-        const T u = s * R[r * sr] * load<T>(g, r * rs + x) * C[x];
-        usq[x % kLanes] += static_cast<double>(u) * u;
-        const T pv = load<T>(p, r * rs + x);
-        psq[x % kLanes] += static_cast<double>(pv) * pv;
+        if constexpr (WithU) {
+          const T u = s * R[r * sr] * load<T>(g, r * rs + x) * C[x];
+          usq[x % kLanes] += static_cast<double>(u) * u;
+        }
+        if constexpr (WithP) {
+          const T pv = load<T>(p, r * rs + x);
+          psq[x % kLanes] += static_cast<double>(pv) * pv;
+        }
       }
     }
   }
 
-  void pass2(i64 block) const {
+  // param^2 of the rows rows(base, ...) of a walk gives, or of one line.
+  void psq_rows(const P* p, i64 nr, i64 sr, Wide& psq_lanes, double* psq) const {
+    if (nr == kRows2) {
+      rows2<kRows2, false, true>(nullptr, p, nullptr, nullptr, psq_lanes, psq_lanes, nullptr, psq, sr);
+    } else {
+      rows2<1, false, true>(nullptr, p, nullptr, nullptr, psq_lanes, psq_lanes, nullptr, psq, sr);
+    }
+  }
+  static void psq_line(const P* p, i64 len, double* psq) {
+    for (i64 x = 0; x < len; ++x) {
+      const T pv = load<T>(p, x);
+      psq[x % kLanes] += static_cast<double>(pv) * pv;
+    }
+  }
+  // The sum of param^2 over a block, in the one order of pass 2 without
+  // clamping (so the same whether or not this step clamps).
+  double psq_block(i64 block) const {
+    const P* p = param();
+    Wide psq_lanes;
+    double psq[kLanes] = {};
+    walk<kRows2>(
+        block, false,
+        [&](i64 base, const T*, const T*, i64 nr, i64 sr) { psq_rows(p + base, nr, sr, psq_lanes, psq); },
+        [&](i64 at, i64 len, const T*, i64, const T*) { psq_line(p + at, len, psq); });
+    return lane_sum(psq) + psq_lanes.sum();
+  }
+
+  template <bool WithP>
+  void pass2_of(i64 block) const {
     const P* g = grad();
     const P* p = param();
     const T s = sign();
     double usq[kLanes] = {}, psq[kLanes] = {};
     Wide usq_lanes, psq_lanes;
     walk<kRows2>(
-        block,
+        block, job.clamp,
         [&](i64 base, const T* R, const T* C, i64 nr, i64 sr) {
           if (nr == kRows2) {
-            rows2<kRows2>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq, sr);
+            rows2<kRows2, true, WithP>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq, sr);
           } else {
-            rows2<1>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq);
+            rows2<1, true, WithP>(g + base, p + base, R, C, usq_lanes, psq_lanes, usq, psq);
           }
         },
         [&](i64 at, i64 len, const T* R, i64 rstride, const T* C) {
           for (i64 x = 0; x < len; ++x) {
             const T u = update(s * load<T>(g, at + x), R[x * rstride], C[x]);
             usq[x % kLanes] += static_cast<double>(u) * u;
-            const T pv = load<T>(p, at + x);
-            psq[x % kLanes] += static_cast<double>(pv) * pv;
           }
+          if constexpr (WithP) psq_line(p + at, len, psq);
         });
     job.update_sq[block] = lane_sum(usq) + usq_lanes.sum();
-    job.param_sq[block] = lane_sum(psq) + psq_lanes.sum();
+    if constexpr (WithP) job.param_sq[block] = lane_sum(psq) + psq_lanes.sum();
+  }
+
+  // Pass 2. Where V is clamped the walk takes lines, not the order of
+  // psq_block: param^2 is then summed in a walk of its own.
+  void pass2(i64 block) const {
+    if (job.param_sq_known) {
+      pass2_of<false>(block);
+    } else if (job.clamp) {
+      pass2_of<false>(block);
+      job.param_sq[block] = psq_block(block);
+    } else {
+      pass2_of<true>(block);
+    }
   }
 
   // The momentum of one element, updated and stored; returns it as stored
@@ -678,23 +758,37 @@ struct Factored {
     }
   }
 
+  // Pass 3; with param_sq_next, the sum of the new param^2 in psq_block's
+  // order: rows and lines as they are written (from cache), or, where this
+  // step clamps, in a walk of its own.
   void pass3(i64 block) const {
+    static_assert(kRows2 == kRows3, "pass 3 sums param^2 in the rows of pass 2");
     const P* g = grad();
     P* p = param();
     S* m = static_cast<S*>(job.exp_avg);
     const T s = sign();
     const RowsFn one = pick_rows3<1>(), several = pick_rows3<kRows3>();
+    const bool sums = job.param_sq_next && !job.clamp;
+    Wide psq_lanes;
+    double psq[kLanes] = {};
     walk<kRows3>(
-        block,
+        block, job.clamp,
         [&](i64 base, const T* R, const T* C, i64 nr, i64 sr) {
           (this->*(nr == kRows3 ? several : one))(p, g, m, base, job.m, R, C, sr);
+          if (sums) psq_rows(p + base, nr, sr, psq_lanes, psq);
         },
         [&](i64 at, i64 len, const T* R, i64 rstride, const T* C) {
           for (i64 x = 0; x < len; ++x) {
             const T u = update(s * load<T>(g, at + x), R[x * rstride], C[x]);
             put(p, at + x, apply(load<T>(p, at + x), u, m, at + x));
           }
+          if (sums) psq_line(p + at, len, psq);
         });
+    if (sums) {
+      job.param_sq_next[block] = lane_sum(psq) + psq_lanes.sum();
+    } else if (job.param_sq_next) {
+      job.param_sq_next[block] = psq_block(block);
+    }
   }
 };
 
@@ -703,15 +797,19 @@ struct Factored {
 // factored over kh x kw, or one small 2-D parameter): a block owns whole
 // groups, so it can finish their statistics itself. Pass G1 reads the
 // gradient once for the row and column sums, updates the state, and reads
-// it again (from cache) with the parameter for the sums of U^2 and
-// param^2; pass G2 rebuilds the factors from the state, by the same code,
-// and applies the update. Groups are taken kBatchElems elements at a time
-// so that the per-row and per-column work runs over arrays, not per group.
-// NN, MM: the group's shape when known at compile time (3 x 3 kernels, by
-// far the most common), else 0.
+// it again (from cache) for the sums of U^2 (and, unless known, the
+// parameter for param^2); pass G2 rebuilds the factors from the state, by
+// the same code, and applies the update. Groups are taken in batches of
+// kBatchElems elements at most. 3 x 3 groups (by far the most common) are
+// taken eight at a time, one group a lane (see to_lanes): the per-row and
+// per-column work is then plain vector arithmetic. Others, and the few 3 x 3
+// groups left over at the end of a block, go through per-batch arrays.
+// NN, MM: the group's shape when known at compile time, else 0.
 template <class P, class S, int NN = 0, int MM = 0>
 struct Groups {
   using T = typename Compute<P>::type;
+  using V = vec<T>;
+  static constexpr bool kLaneGroups = NN == 3 && MM == 3;
   const Job& job;
   void* scratch;  // kGroupScratchBytes, this thread's
   i64 rows() const { return NN ? NN : job.n; }
@@ -732,7 +830,9 @@ struct Groups {
   };
   static_assert(sizeof(Scratch) <= kGroupScratchBytes, "kGroupScratchBytes too small");
 
+  // Groups per batch: as many as fit, a multiple of eight for 3 x 3.
   i64 batch() const {
+    if constexpr (kLaneGroups) return kBatchElems / 9 / kLanes * kLanes;
     const i64 b = kBatchElems / (rows() * cols());
     return b < 1 ? 1 : b;
   }
@@ -742,6 +842,215 @@ struct Groups {
     o1 = o0 + job.block_size < job.O ? o0 + job.block_size : job.O;
   }
 
+  // param^2 over a batch's elements: the one order of G1 and G2.
+  static void psq_range(const P* p, i64 len, Wide& lanes, double* tail) {
+    const i64 lv = len - len % kLanes;
+    for (i64 e = 0; e < lv; e += kRun) {
+      const i64 end = e + kRun < lv ? e + kRun : lv;
+      V q{};
+      for (i64 c = e; c < end; c += kLanes) {
+        const V pv = vload<T>(p + c);
+        q += pv * pv;
+      }
+      lanes.add(q);
+    }
+    for (i64 e = lv; e < len; ++e) {
+      const T pv = load<T>(p, e);
+      tail[e % kLanes] += static_cast<double>(pv) * pv;
+    }
+  }
+
+  // ------------------------------------------------ eight 3 x 3 groups
+  // 72 consecutive elements, eight groups of nine, held as nine vectors
+  // E[e], e = 3 i + j, whose lane k is element (i, j) of group k: the
+  // transpose of the eight vectors of memory order, in two steps of
+  // 3-way (de)interleaving. Pure data movement: every instruction set gives
+  // the same numbers.
+  static void deinterleave3(V a, V b, V c, V& p0, V& p1, V& p2) {
+    // a, b, c hold x0..x23; p_r = x_r, x_{r+3}, ..., x_{r+21}.
+    const V t0 = __builtin_shufflevector(a, b, 0, 3, 6, 9, 12, 15, 0, 0);
+    const V t1 = __builtin_shufflevector(a, b, 1, 4, 7, 10, 13, 0, 0, 0);
+    const V t2 = __builtin_shufflevector(a, b, 2, 5, 8, 11, 14, 0, 0, 0);
+    p0 = __builtin_shufflevector(t0, c, 0, 1, 2, 3, 4, 5, 10, 13);
+    p1 = __builtin_shufflevector(t1, c, 0, 1, 2, 3, 4, 8, 11, 14);
+    p2 = __builtin_shufflevector(t2, c, 0, 1, 2, 3, 4, 9, 12, 15);
+  }
+  static void interleave3(V p0, V p1, V p2, V& a, V& b, V& c) {
+    const V u0 = __builtin_shufflevector(p0, p1, 0, 8, 0, 1, 9, 0, 2, 10);
+    const V u1 = __builtin_shufflevector(p0, p1, 0, 3, 11, 0, 4, 12, 0, 5);
+    const V u2 = __builtin_shufflevector(p0, p1, 13, 0, 6, 14, 0, 7, 15, 0);
+    a = __builtin_shufflevector(u0, p2, 0, 1, 8, 3, 4, 9, 6, 7);
+    b = __builtin_shufflevector(u1, p2, 10, 1, 2, 11, 4, 5, 12, 7);
+    c = __builtin_shufflevector(u2, p2, 0, 13, 2, 3, 14, 5, 6, 15);
+  }
+  // Memory order (x[t] = elements 8t..8t+7) to E, and back.
+  static void to_lanes(const V* x, V* E) {
+    V d[3][3];  // d[j][t]: elements 24 t + 3 l + j
+    for (int t = 0; t < 3; ++t) deinterleave3(x[3 * t], x[3 * t + 1], x[3 * t + 2], d[0][t], d[1][t], d[2][t]);
+    for (int j = 0; j < 3; ++j) deinterleave3(d[j][0], d[j][1], d[j][2], E[j], E[3 + j], E[6 + j]);
+  }
+  static void from_lanes(const V* E, V* x) {
+    V d[3][3];
+    for (int j = 0; j < 3; ++j) interleave3(E[j], E[3 + j], E[6 + j], d[j][0], d[j][1], d[j][2]);
+    for (int t = 0; t < 3; ++t) interleave3(d[0][t], d[1][t], d[2][t], x[3 * t], x[3 * t + 1], x[3 * t + 2]);
+  }
+  template <class X>
+  static void load9(const X* p, V* E) {
+    V x[9];
+    for (int t = 0; t < 9; ++t) x[t] = vload<T>(p + t * kLanes);
+    to_lanes(x, E);
+  }
+  // The three rows (or columns) of eight groups' statistics: 24 values.
+  static void load_stats(const S* s, V* out) {
+    deinterleave3(vload<T>(s), vload<T>(s + kLanes), vload<T>(s + 2 * kLanes), out[0], out[1], out[2]);
+  }
+  static void store_stats(S* s, const V* in) {
+    V a, b, c;
+    interleave3(in[0], in[1], in[2], a, b, c);
+    vstore<T>(s, a);
+    vstore<T>(s + kLanes, b);
+    vstore<T>(s + 2 * kLanes, c);
+  }
+  static V vlerp(V self, V end, T weight) {
+    return weight < T(0.5) ? self + splat<T>(weight) * (end - self)
+                           : end - (end - self) * splat<T>(T(1) - weight);
+  }
+
+  // The factors of eight groups from their statistics as stored (R, C):
+  // F[3 i + j] = (s * rf_i) * cf_j, with rf_i = sqrt(mean_rows / R_i) and
+  // cf_j = 1 / sqrt(C_j), so that U = F * G element by element, in either
+  // layout. Returns the lanes (groups) where torch's floor V >= eps1^2 can
+  // bite, as bits; their U is then formed element by element (floored()).
+  unsigned factors8(const V* R, const V* C, V* F, V& mean) const {
+    const T eps1 = static_cast<T>(job.eps1);
+    const T s = job.maximize ? T(-1) : T(1);
+    mean = ((R[0] + R[1]) + R[2]) / splat<T>(T(3));
+    if (job.torch_variant) mean = mean < splat<T>(eps1) ? splat<T>(eps1) : mean;
+    V srf[3], cf[3];
+    for (int i = 0; i < 3; ++i) srf[i] = splat<T>(s) * vsqrt<T>(mean / R[i]);
+    for (int j = 0; j < 3; ++j) cf[j] = splat<T>(T(1)) / vsqrt<T>(C[j]);
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 3; ++j) F[3 * i + j] = srf[i] * cf[j];
+    }
+    if (!job.torch_variant) return 0;
+    // min_i(R_i) / mean is min_i(R_i / mean): rounding is monotonic.
+    V min_row = R[0], min_col = C[0];
+    for (int i = 1; i < 3; ++i) min_row = R[i] < min_row ? R[i] : min_row;
+    for (int j = 1; j < 3; ++j) min_col = C[j] < min_col ? C[j] : min_col;
+    const auto fine = (min_row / mean) * min_col >= splat<T>(eps1 * eps1);
+    unsigned clamped = 0;
+    for (int l = 0; l < kLanes; ++l) clamped |= fine[l] ? 0u : 1u << l;
+    return clamped;
+  }
+  // U of element e of the group in lane l where the floor can bite: torch's
+  // V = ratio * col, floored, element by element (as update()).
+  T floored(T gv, const V* R, const V* C, const V& mean, int e, int l) const {
+    const T s = job.maximize ? T(-1) : T(1);
+    const T ratio = R[e / 3][l] / mean[l];
+    return floored_update(s * gv, ratio * C[e % 3][l], static_cast<T>(job.eps1));
+  }
+
+  // G1 for groups o .. o + 7.
+  void lanes1(i64 o, Wide& usq_lanes) const {
+    V E[9];
+    load9(static_cast<const P*>(job.grad) + o * 9, E);
+    V sq[9];
+    for (int e = 0; e < 9; ++e) sq[e] = E[e] * E[e];
+    if (!job.torch_variant) {
+      for (int e = 0; e < 9; ++e) sq[e] += splat<T>(static_cast<T>(job.eps1));
+    }
+    S* row = static_cast<S*>(job.row_var) + o * 3;
+    S* col = static_cast<S*>(job.col_var) + o * 3;
+    V R[3], C[3];
+    load_stats(row, R);
+    load_stats(col, C);
+    const V three = splat<T>(T(3));
+    V rs[3], cs[3];
+    for (int i = 0; i < 3; ++i) rs[i] = ((sq[3 * i] + sq[3 * i + 1]) + sq[3 * i + 2]) / three;
+    for (int j = 0; j < 3; ++j) cs[j] = ((sq[j] + sq[3 + j]) + sq[6 + j]) / three;
+    if (job.stats_lerp) {
+      const T wt = static_cast<T>(job.lerp_weight);
+      for (int i = 0; i < 3; ++i) R[i] = vlerp(R[i], rs[i], wt);
+      for (int j = 0; j < 3; ++j) C[j] = vlerp(C[j], cs[j], wt);
+    } else {
+      const V b2 = splat<T>(static_cast<T>(job.beta2));
+      const V ob2 = splat<T>(static_cast<T>(1.0 - job.beta2));
+      for (int i = 0; i < 3; ++i) R[i] = R[i] * b2 + rs[i] * ob2;
+      for (int j = 0; j < 3; ++j) C[j] = C[j] * b2 + cs[j] * ob2;
+    }
+    store_stats(row, R);
+    store_stats(col, C);
+    if constexpr (!std::is_same_v<S, T>) {  // bf16 state: U from the values as stored
+      load_stats(row, R);
+      load_stats(col, C);
+    }
+    // sum U^2 = sum_ij F_ij^2 G_ij^2 with F_ij^2 = (mean / R_i) / C_j, taken
+    // before the square roots that pass G2 rounds F through: no square
+    // roots here, and the same sum to a few ulps.
+    V mean = ((R[0] + R[1]) + R[2]) / three;
+    const T eps1 = static_cast<T>(job.eps1);
+    if (job.torch_variant) mean = mean < splat<T>(eps1) ? splat<T>(eps1) : mean;
+    V g2[9];
+    for (int e = 0; e < 9; ++e) g2[e] = job.torch_variant ? sq[e] : E[e] * E[e];
+    const V one = splat<T>(T(1));
+    const V ic[3] = {one / C[0], one / C[1], one / C[2]};
+    V a{};
+    for (int i = 0; i < 3; ++i) {
+      const V row_sum = (g2[3 * i] * ic[0] + g2[3 * i + 1] * ic[1]) + g2[3 * i + 2] * ic[2];
+      a += (mean / R[i]) * row_sum;
+    }
+    if (job.torch_variant) {
+      // Groups where torch's floor can bite (as factors8 finds them): U
+      // element by element.
+      V min_row = R[0], min_col = C[0];
+      for (int i = 1; i < 3; ++i) min_row = R[i] < min_row ? R[i] : min_row;
+      for (int j = 1; j < 3; ++j) min_col = C[j] < min_col ? C[j] : min_col;
+      const auto fine = (min_row / mean) * min_col >= splat<T>(eps1 * eps1);
+      for (int l = 0; l < kLanes; ++l) {
+        if (fine[l]) continue;
+        T sum = 0;
+        for (int e = 0; e < 9; ++e) {
+          const T u = floored(E[e][l], R, C, mean, e, l);
+          sum += u * u;
+        }
+        a[l] = sum;
+      }
+    }
+    usq_lanes.add(a);
+  }
+
+  // G2 for groups o .. o + 7: the factors go back to memory order, where
+  // they meet the gradient and the parameter.
+  template <class Tail>
+  void lanes2(i64 o, const Tail& tail, bool vectors) const {
+    const i64 base = o * 9;
+    V R[3], C[3], F[9], f[9], mean;
+    load_stats(static_cast<const S*>(job.row_var) + o * 3, R);
+    load_stats(static_cast<const S*>(job.col_var) + o * 3, C);
+    const unsigned clamped = factors8(R, C, F, mean);
+    from_lanes(F, f);
+    const P* g = static_cast<const P*>(job.grad) + base;
+    V u[9];
+    for (int t = 0; t < 9; ++t) u[t] = f[t] * vload<T>(g + t * kLanes);
+    for (int l = 0; clamped && l < kLanes; ++l) {
+      if (!(clamped >> l & 1u)) continue;
+      for (int e = 0; e < 9; ++e) {
+        const int x = 9 * l + e;
+        u[x / kLanes][x % kLanes] = floored(load<T>(g, x), R, C, mean, e, l);
+      }
+    }
+    P* p = static_cast<P*>(job.param);
+    S* m = static_cast<S*>(job.exp_avg);
+    if (vectors) {
+      for (int t = 0; t < 9; ++t) tail.lanes(p, m, base + t * kLanes, u[t]);
+    } else {
+      for (int t = 0; t < 9; ++t) {
+        for (int l = 0; l < kLanes; ++l) tail.one(p, m, base + t * kLanes + l, u[t][l]);
+      }
+    }
+  }
+
+  // ------------------------------------------------ any groups, by arrays
   // The running statistics of groups [o0, o0 + nb) from their gradient sums.
   void advance(i64 o0, i64 nb, const Scratch& w) const {
     S* row = static_cast<S*>(job.row_var) + o0 * rows();
@@ -815,110 +1124,88 @@ struct Groups {
   }
 
   // U of element e (index within the batch) of group gi, element by element:
-  // as Factored::update, in the order of the vector loops, (s*r)*g*c.
+  // as Factored::update, in the order of the vector loops, (s*r)*g*c, or,
+  // where the group clamps, torch's floored V.
   T update(const Scratch& w, i64 gi, i64 e, T gv) const {
     const i64 n = rows(), m = cols();
     const i64 i = gi * n + (e - gi * n * m) / m;
     const i64 j = gi * m + (e - gi * n * m) % m;
-    if (w.clamp[gi]) return floored_update(gv, w.ratio[i] * w.col[j], static_cast<T>(job.eps1));
-    return (job.maximize ? -w.rf[i] : w.rf[i]) * gv * w.cf[j];
+    const T s = job.maximize ? T(-1) : T(1);
+    if (w.clamp[gi]) return floored_update(s * gv, w.ratio[i] * w.col[j], static_cast<T>(job.eps1));
+    return (s * w.rf[i]) * gv * w.cf[j];
   }
 
-  void pass1(i64 block) const {
-    Scratch& w = *static_cast<Scratch*>(scratch);
-    const P* g = static_cast<const P*>(job.grad);
-    const P* p = static_cast<const P*>(job.param);
+  // G1 for groups [ob, ob + nb): statistics, state, the sums of U^2.
+  void batch1(i64 ob, i64 nb, Scratch& w, Wide& usq_lanes, double* usq) const {
+    const P* gb = static_cast<const P*>(job.grad) + ob * rows() * cols();
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const i64 n = rows(), m = cols(), nm = n * m;
-    Wide usq_lanes, psq_lanes;
-    double usq[kLanes] = {}, psq[kLanes] = {};
-    i64 o0, o1;
-    range(block, o0, o1);
-    for (i64 ob = o0; ob < o1; ob += batch()) {
-      const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
-      const P* gb = g + ob * nm;
-      const P* pb = p + ob * nm;
-      for (i64 k = 0; k < nb * m; ++k) w.cs[k] = 0;
-      for (i64 gi = 0; gi < nb && MM == 0 && m >= kLanes; ++gi) {
-        // Rows long enough for the vector loops of the large-matrix pass 1.
-        const Factored<P, S> f{job};
-        i64 i = 0;
-        for (; i + kRows1 <= n; i += kRows1) {
-          f.template rows1<kRows1, true>(gb + (gi * n + i) * m, w.cs + gi * m, add, w.rs + gi * n + i);
-        }
-        for (; i < n; ++i) {
-          f.template rows1<1, true>(gb + (gi * n + i) * m, w.cs + gi * m, add, w.rs + gi * n + i);
-        }
+    for (i64 k = 0; k < nb * m; ++k) w.cs[k] = 0;
+    for (i64 gi = 0; gi < nb && MM == 0 && m >= kLanes; ++gi) {
+      // Rows long enough for the vector loops of the large-matrix pass 1.
+      const Factored<P, S> f{job};
+      i64 i = 0;
+      for (; i + kRows1 <= n; i += kRows1) {
+        f.template rows1<kRows1, true>(gb + (gi * n + i) * m, w.cs + gi * m, add, w.rs + gi * n + i);
       }
-      for (i64 gi = 0; gi < nb && !(MM == 0 && m >= kLanes); ++gi) {
-        for (i64 i = 0; i < n; ++i) {
-          double row = 0;
-          for (i64 j = 0; j < m; ++j) {
-            const T gv = load<T>(gb, (gi * n + i) * m + j);
-            const T sq = gv * gv + add;
-            row += sq;
-            w.cs[gi * m + j] += sq;
-          }
-          w.rs[gi * n + i] = row;
-        }
-      }
-      advance(ob, nb, w);
-      const bool any_clamp = factors(ob, nb, w);
-      const i64 len = nb * nm;
-      i64 e = 0;
-      if (!any_clamp && wide()) {
-        const Factored<P, S> f{job};
-        for (i64 gi = 0; gi < nb; ++gi) {
-          for (i64 i = 0; i < n;) {
-            const i64 at = (gi * n + i) * m;
-            const T* R = w.rf + gi * n + i;
-            if (i + kRows2 <= n) {
-              f.template rows2<kRows2>(gb + at, pb + at, R, w.cf + gi * m, usq_lanes, psq_lanes, usq, psq);
-              i += kRows2;
-            } else {
-              f.template rows2<1>(gb + at, pb + at, R, w.cf + gi * m, usq_lanes, psq_lanes, usq, psq);
-              i += 1;
-            }
-          }
-        }
-        e = len;
-      } else if (!any_clamp) {
-        const i64 lv = len - len % kLanes;
-        for (; e < lv; e += kRun) {
-          const i64 end = e + kRun < lv ? e + kRun : lv;
-          vec<T> a{}, q{};
-          for (i64 c = e; c < end; c += kLanes) {
-            const vec<T> u = vload<T>(w.re + c) * vload<T>(gb + c) * vload<T>(w.ce + c);
-            const vec<T> pv = vload<T>(pb + c);
-            a += u * u;
-            q += pv * pv;
-          }
-          usq_lanes.add(a);
-          psq_lanes.add(q);
-        }
-        e = lv;
-      }
-      for (; e < len; ++e) {
-        const T u = update(w, e / nm, e, load<T>(gb, e));
-        usq[e % kLanes] += static_cast<double>(u) * u;
-        const T pv = load<T>(pb, e);
-        psq[e % kLanes] += static_cast<double>(pv) * pv;
+      for (; i < n; ++i) {
+        f.template rows1<1, true>(gb + (gi * n + i) * m, w.cs + gi * m, add, w.rs + gi * n + i);
       }
     }
-    job.update_sq[block] = usq_lanes.sum() + lane_sum(usq);
-    job.param_sq[block] = psq_lanes.sum() + lane_sum(psq);
-  }
-
-  void run(Pass pass, i64 block) const {
-    if (pass == Pass::G1) {
-      pass1(block);
-    } else {
-      pass2(block);
+    for (i64 gi = 0; gi < nb && !(MM == 0 && m >= kLanes); ++gi) {
+      for (i64 i = 0; i < n; ++i) {
+        double row = 0;
+        for (i64 j = 0; j < m; ++j) {
+          const T gv = load<T>(gb, (gi * n + i) * m + j);
+          const T sq = gv * gv + add;
+          row += sq;
+          w.cs[gi * m + j] += sq;
+        }
+        w.rs[gi * n + i] = row;
+      }
+    }
+    advance(ob, nb, w);
+    const bool any_clamp = factors(ob, nb, w);
+    const i64 len = nb * nm;
+    i64 e = 0;
+    if (!any_clamp && wide()) {
+      const Factored<P, S> f{job};
+      Wide unused;
+      for (i64 gi = 0; gi < nb; ++gi) {
+        for (i64 i = 0; i < n;) {
+          const i64 at = (gi * n + i) * m;
+          const T* R = w.rf + gi * n + i;
+          if (i + kRows2 <= n) {
+            f.template rows2<kRows2, true, false>(gb + at, nullptr, R, w.cf + gi * m, usq_lanes, unused, usq, nullptr);
+            i += kRows2;
+          } else {
+            f.template rows2<1, true, false>(gb + at, nullptr, R, w.cf + gi * m, usq_lanes, unused, usq, nullptr);
+            i += 1;
+          }
+        }
+      }
+      e = len;
+    } else if (!any_clamp) {
+      const i64 lv = len - len % kLanes;
+      for (; e < lv; e += kRun) {
+        const i64 end = e + kRun < lv ? e + kRun : lv;
+        V a{};
+        for (i64 c = e; c < end; c += kLanes) {
+          const V u = vload<T>(w.re + c) * vload<T>(gb + c) * vload<T>(w.ce + c);
+          a += u * u;
+        }
+        usq_lanes.add(a);
+      }
+      e = lv;
+    }
+    for (; e < len; ++e) {
+      const T u = update(w, e / nm, e, load<T>(gb, e));
+      usq[e % kLanes] += static_cast<double>(u) * u;
     }
   }
 
-  void pass2(i64 block) const {
-    Scratch& w = *static_cast<Scratch*>(scratch);
+  // G2 for groups [ob, ob + nb).
+  void batch2(i64 ob, i64 nb, Scratch& w) const {
     const Factored<P, S> f{job};
     const auto span = f.pick_span3();
     const auto one = f.template pick_rows3<1>(), several = f.template pick_rows3<kRows3>();
@@ -926,32 +1213,99 @@ struct Groups {
     P* p = static_cast<P*>(job.param);
     S* mom = static_cast<S*>(job.exp_avg);
     const i64 nm = rows() * cols();
+    const i64 base = ob * nm;
+    const bool any_clamp = factors(ob, nb, w);
+    if (!any_clamp && wide()) {
+      const i64 n = rows(), m = cols();
+      for (i64 gi = 0; gi < nb; ++gi) {
+        for (i64 i = 0; i < n;) {
+          const i64 nr = i + kRows3 <= n ? kRows3 : 1;
+          (f.*(nr == kRows3 ? several : one))(p, g, mom, base + (gi * n + i) * m, m,
+                                              w.rf + gi * n + i, w.cf + gi * m, 1);
+          i += nr;
+        }
+      }
+      return;
+    }
+    if (!any_clamp) {
+      (f.*span)(p, g, mom, base, nb * nm, w.re, w.ce);
+      return;
+    }
+    for (i64 e = 0; e < nb * nm; ++e) {
+      const T u = update(w, e / nm, e, load<T>(g, base + e));
+      f.put(p, base + e, f.apply(load<T>(p, base + e), u, mom, base + e));
+    }
+  }
+
+  // ------------------------------------------------ the passes
+  void pass1(i64 block) const {
+    Scratch& w = *static_cast<Scratch*>(scratch);
+    const P* p = static_cast<const P*>(job.param);
+    const i64 nm = rows() * cols();
+    Wide usq_lanes, psq_lanes;
+    double usq[kLanes] = {}, psq[kLanes] = {};
     i64 o0, o1;
     range(block, o0, o1);
     for (i64 ob = o0; ob < o1; ob += batch()) {
       const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
-      const i64 base = ob * nm;
-      const bool any_clamp = factors(ob, nb, w);
-      if (!any_clamp && wide()) {
-        const i64 n = rows(), m = cols();
-        for (i64 gi = 0; gi < nb; ++gi) {
-          for (i64 i = 0; i < n;) {
-            const i64 nr = i + kRows3 <= n ? kRows3 : 1;
-            (f.*(nr == kRows3 ? several : one))(p, g, mom, base + (gi * n + i) * m, m,
-                                                w.rf + gi * n + i, w.cf + gi * m, 1);
-            i += nr;
-          }
-        }
-        continue;
+      i64 done = 0;
+      if constexpr (kLaneGroups) {
+        for (; done + kLanes <= nb; done += kLanes) lanes1(ob + done, usq_lanes);
       }
-      if (!any_clamp) {
-        (f.*span)(p, g, mom, base, nb * nm, w.re, w.ce);
-        continue;
+      if (done < nb) batch1(ob + done, nb - done, w, usq_lanes, usq);
+      if (!job.param_sq_known) psq_range(p + ob * nm, nb * nm, psq_lanes, psq);
+    }
+    job.update_sq[block] = usq_lanes.sum() + lane_sum(usq);
+    if (!job.param_sq_known) job.param_sq[block] = psq_lanes.sum() + lane_sum(psq);
+  }
+
+  template <int Order, bool Momentum, bool Decay>
+  void pass2_of(i64 block) const {
+    Scratch& w = *static_cast<Scratch*>(scratch);
+    const Factored<P, S> f{job};
+    const typename Factored<P, S>::template Tail<Order, Momentum, Decay> tail(f);
+    const bool vectors = f.vectors();
+    const P* p = static_cast<const P*>(job.param);
+    const i64 nm = rows() * cols();
+    Wide psq_lanes;
+    double psq[kLanes] = {};
+    i64 o0, o1;
+    range(block, o0, o1);
+    for (i64 ob = o0; ob < o1; ob += batch()) {
+      const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
+      i64 done = 0;
+      if constexpr (kLaneGroups) {
+        for (; done + kLanes <= nb; done += kLanes) lanes2(ob + done, tail, vectors);
       }
-      for (i64 e = 0; e < nb * nm; ++e) {
-        const T u = update(w, e / nm, e, load<T>(g, base + e));
-        f.put(p, base + e, f.apply(load<T>(p, base + e), u, mom, base + e));
-      }
+      if (done < nb) batch2(ob + done, nb - done, w);
+      // The new param^2 of the batch just written (from cache).
+      if (job.param_sq_next) psq_range(p + ob * nm, nb * nm, psq_lanes, psq);
+    }
+    if (job.param_sq_next) job.param_sq_next[block] = psq_lanes.sum() + lane_sum(psq);
+  }
+
+  template <int Order>
+  void pass2_order(i64 block) const {
+    if (job.momentum) {
+      job.weight_decay ? pass2_of<Order, true, true>(block) : pass2_of<Order, true, false>(block);
+    } else {
+      job.weight_decay ? pass2_of<Order, false, true>(block) : pass2_of<Order, false, false>(block);
+    }
+  }
+
+  void pass2(i64 block) const {
+    switch (Factored<P, S>{job}.order()) {
+      case kTorch: pass2_order<kTorch>(block); break;
+      case kTransformers: pass2_order<kTransformers>(block); break;
+      default: pass2_order<kBigVision>(block); break;
+    }
+  }
+
+  void run(Pass pass, i64 block) const {
+    if (pass == Pass::G1) {
+      pass1(block);
+    } else {
+      pass2(block);
     }
   }
 };
@@ -980,10 +1334,13 @@ struct Unfactored {
     double psq[kLanes] = {}, usq[kLanes] = {};
     i64 x0, x1;
     range(block, x0, x1);
+    const bool with_p = !job.param_sq_known;
     for (i64 x = x0; x < x1; ++x) {
       const T gv = s * load<T>(g, x);
-      const T pv = load<T>(p, x);
-      psq[x % kLanes] += static_cast<double>(pv) * pv;
+      if (with_p) {
+        const T pv = load<T>(p, x);
+        psq[x % kLanes] += static_cast<double>(pv) * pv;
+      }
       T vv = load<T>(v, x);
       const T sq = job.torch_variant ? gv * gv : gv * gv + e;
       vv = job.stats_lerp ? lerp(vv, sq, w) : vv * b2 + sq * ob2;
@@ -992,7 +1349,7 @@ struct Unfactored {
       const T u = job.torch_variant ? floored_update(gv, vv, e) : gv * rsqrt(vv);
       usq[x % kLanes] += static_cast<double>(u) * u;
     }
-    job.param_sq[block] = lane_sum(psq);
+    if (with_p) job.param_sq[block] = lane_sum(psq);
     job.update_sq[block] = lane_sum(usq);
   }
 
@@ -1006,12 +1363,19 @@ struct Unfactored {
     const T e = static_cast<T>(job.eps1);
     i64 x0, x1;
     range(block, x0, x1);
+    double psq[kLanes] = {};  // the new param^2, in pass 1's order
+    const bool sums = job.param_sq_next != nullptr;
     for (i64 x = x0; x < x1; ++x) {
       const T gv = s * load<T>(g, x);
       const T vv = load<T>(v, x);
       const T u = job.torch_variant ? floored_update(gv, vv, e) : gv * rsqrt(vv);
       f.put(p, x, f.apply(load<T>(p, x), u, m, x));
+      if (sums) {
+        const T pv = load<T>(p, x);
+        psq[x % kLanes] += static_cast<double>(pv) * pv;
+      }
     }
+    if (sums) job.param_sq_next[block] = lane_sum(psq);
   }
 };
 
