@@ -28,14 +28,7 @@ import torch  # noqa: E402
 
 from bench.impls import TclDoor, python_impl, state_bytes  # noqa: E402
 from bench.sets import ParamSet  # noqa: E402
-
-
-def rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
+from bench.proc_memory import rss  # noqa: E402
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from charlm import CharLM  # noqa: E402 - the repo's torch.nn transformer, once
+from bench.proc_memory import rss  # noqa: E402
 
 # The model's shapes, for the full run and for --smoke (the same code paths on
 # a tiny model: its embeddings keep the parameters measurable, a few tokens
@@ -236,14 +237,6 @@ def first_step(trainer: Trainer, x, y) -> None:
 
 
 # ------------------------------------------------------------------ memory
-def rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(field)
-
-
 def reset_peak() -> int:
     """Resets the peak RSS (VmHWM) to the current RSS, which it returns."""
     gc.collect()
