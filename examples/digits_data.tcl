@@ -1,6 +1,6 @@
 # The 8x8 handwritten digits of examples/data/digits.txt, as the digits
 # examples use them: loaded, split 80/20 the same way in every example (and on
-# every rank), and scored. Sourced by train_digits.tcl, train_digits_cnn.tcl
+# every rank), trained on an epoch at a time, and scored. Sourced by train_digits.tcl, train_digits_cnn.tcl
 # and train_digits_ddp.tcl.
 namespace eval digits {}
 
@@ -52,4 +52,35 @@ proc digits::accuracy {model X y n} {
     torch::delete $logits $pred $hits
     torch::train $model
     return $acc
+}
+
+# One epoch of minibatch training over a fresh shuffle of the n samples of X:
+# zero_grad, forward, cross-entropy, backward and step per batch of `batch`.
+# With `world` > 1 each rank trains on its own equal share of every global
+# batch (its gradients averaged by a data parallel `model`); every rank must
+# then draw the same shuffle (seed the generator alike before calling).
+# Returns the mean loss over this rank's batches.
+proc digits::train_epoch {model opt X y n batch {rank 0} {world 1}} {
+    set perm [torch::randperm $n]
+    set Xs [torch::index_select $X 0 $perm]
+    set ys [torch::index_select $y 0 $perm]
+    set total 0.0
+    set batches 0
+    for {set i 0} {$i < $n} {incr i $batch} {
+        set share [expr {min($batch, $n - $i) / $world}]
+        if {$share == 0} break
+        set start [expr {$i + $rank * $share}]
+        set xb [torch::tensor_slice $Xs 0 $start [expr {$start + $share}]]
+        set yb [torch::tensor_slice $ys 0 $start [expr {$start + $share}]]
+        torch::optimizer_zero_grad $opt
+        set logits [torch::forward $model $xb]
+        set loss [torch::cross_entropy_loss $logits $yb]
+        torch::tensor_backward $loss
+        torch::optimizer_step $opt
+        set total [expr {$total + [torch::tensor_item $loss]}]
+        incr batches
+        torch::delete $xb $yb $logits $loss
+    }
+    torch::delete $perm $Xs $ys
+    return [expr {$total / $batches}]
 }

@@ -30,26 +30,9 @@ set opt [torch::optimizer_adafactor -parameters $model]
 
 
 for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
-    set perm [torch::randperm $ntrain]
-    set Xs [torch::index_select $Xtrain 0 $perm]
-    set ys [torch::index_select $ytrain 0 $perm]
-    set total 0.0
-    set batches 0
-    for {set i 0} {$i < $ntrain} {incr i $batch} {
-        set xb [torch::tensor_slice $Xs 0 $i [expr {$i + $batch}]]
-        set yb [torch::tensor_slice $ys 0 $i [expr {$i + $batch}]]
-        torch::optimizer_zero_grad $opt
-        set logits [torch::forward $model $xb]
-        set loss [torch::cross_entropy_loss $logits $yb]
-        torch::tensor_backward $loss
-        torch::optimizer_step $opt
-        set total [expr {$total + [torch::tensor_item $loss]}]
-        incr batches
-        torch::delete $xb $yb $logits $loss
-    }
-    torch::delete $perm $Xs $ys
+    set loss [digits::train_epoch $model $opt $Xtrain $ytrain $ntrain $batch]
     puts [format "epoch %d/%d  loss %.4f  test accuracy %.2f%%" $epoch $epochs \
-              [expr {$total / $batches}] [expr {100 * [digits::accuracy $model $Xtest $ytest $ntest]}]]
+              $loss [expr {100 * [digits::accuracy $model $Xtest $ytest $ntest]}]]
 }
 
 # The state of the first convolution's weight: a row and a column factor

@@ -41,33 +41,11 @@ set opt [torch::optimizer_adafactor -parameters $model -shardState 1]
 for {set epoch 1} {$epoch <= $epochs} {incr epoch} {
     # The same shuffle on every rank (the generator is seeded alike).
     torch::manual_seed [expr {1000 + $epoch}]
-    set perm [torch::randperm $ntrain]
-    set Xs [torch::index_select $Xtrain 0 $perm]
-    set ys [torch::index_select $ytrain 0 $perm]
-    set total 0.0
-    set batches 0
-    for {set i 0} {$i < $ntrain} {incr i $batch} {
-        # This rank's share of the global batch [i, i + batch).
-        set size [expr {min($batch, $ntrain - $i)}]
-        set share [expr {$size / $world}]
-        if {$share == 0} break
-        set start [expr {$i + $rank * $share}]
-        set xb [torch::tensor_slice $Xs 0 $start [expr {$start + $share}]]
-        set yb [torch::tensor_slice $ys 0 $start [expr {$start + $share}]]
-        torch::optimizer_zero_grad $opt
-        set logits [torch::forward $model $xb]
-        set loss [torch::cross_entropy_loss $logits $yb]
-        torch::tensor_backward $loss
-        torch::optimizer_step $opt
-        set total [expr {$total + [torch::tensor_item $loss]}]
-        incr batches
-        torch::delete $xb $yb $logits $loss
-    }
-    torch::delete $perm $Xs $ys
+    set loss [digits::train_epoch $model $opt $Xtrain $ytrain $ntrain $batch $rank $world]
     set acc [digits::accuracy $model $Xtest $ytest $ntest]
     if {$rank == 0} {
         puts [format "epoch %d/%d  loss %.4f (rank 0)  test accuracy %.2f%%" \
-                  $epoch $epochs [expr {$total / $batches}] [expr {100 * $acc}]]
+                  $epoch $epochs $loss [expr {100 * $acc}]]
     }
 }
 set bytes [dict get [torch::optimizer_state $opt] state_bytes]
