@@ -1,7 +1,7 @@
 # The 8x8 handwritten digits of examples/data/digits.txt, as the digits
 # examples use them: loaded, split 80/20 the same way in every example (and on
-# every rank), trained on an epoch at a time, and scored. Sourced by train_digits.tcl, train_digits_cnn.tcl
-# and train_digits_ddp.tcl.
+# every rank), trained on an epoch at a time, and scored. Sourced by
+# train_digits.tcl, train_digits_cnn.tcl and train_digits_ddp.tcl.
 namespace eval digits {}
 
 # Each line of `file`: a label, then 64 pixels in 0..16 (scaled to 0..1).
