@@ -866,45 +866,55 @@ struct Groups {
   // transpose of the eight vectors of memory order, in two steps of
   // 3-way (de)interleaving. Pure data movement: every instruction set gives
   // the same numbers.
-  static void deinterleave3(V a, V b, V c, V& p0, V& p1, V& p2) {
+  // Each is two blends and one permute per vector (lane k of the blend
+  // takes source k % 3, shifted per output, so every lane stays in place),
+  // the least the vector units do for a 3-way transpose.
+  [[gnu::always_inline]] static void deinterleave3(V a, V b, V c, V& p0, V& p1, V& p2) {
     // a, b, c hold x0..x23; p_r = x_r, x_{r+3}, ..., x_{r+21}.
-    const V t0 = __builtin_shufflevector(a, b, 0, 3, 6, 9, 12, 15, 0, 0);
-    const V t1 = __builtin_shufflevector(a, b, 1, 4, 7, 10, 13, 0, 0, 0);
-    const V t2 = __builtin_shufflevector(a, b, 2, 5, 8, 11, 14, 0, 0, 0);
-    p0 = __builtin_shufflevector(t0, c, 0, 1, 2, 3, 4, 5, 10, 13);
-    p1 = __builtin_shufflevector(t1, c, 0, 1, 2, 3, 4, 8, 11, 14);
-    p2 = __builtin_shufflevector(t2, c, 0, 1, 2, 3, 4, 9, 12, 15);
+    const V m0 = __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 9, 2, 3, 12, 5, 6, 15), c,
+                                         0, 1, 10, 3, 4, 13, 6, 7);  // x0 x9 x18 x3 x12 x21 x6 x15
+    const V m1 = __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 1, 10, 3, 4, 13, 6, 7), c,
+                                         8, 1, 2, 11, 4, 5, 14, 7);  // x16 x1 x10 x19 x4 x13 x22 x7
+    const V m2 = __builtin_shufflevector(__builtin_shufflevector(a, b, 8, 1, 2, 11, 4, 5, 14, 7), c,
+                                         0, 9, 2, 3, 12, 5, 6, 15);  // x8 x17 x2 x11 x20 x5 x14 x23
+    p0 = __builtin_shufflevector(m0, m0, 0, 3, 6, 1, 4, 7, 2, 5);
+    p1 = __builtin_shufflevector(m1, m1, 1, 4, 7, 2, 5, 0, 3, 6);
+    p2 = __builtin_shufflevector(m2, m2, 2, 5, 0, 3, 6, 1, 4, 7);
   }
-  static void interleave3(V p0, V p1, V p2, V& a, V& b, V& c) {
-    const V u0 = __builtin_shufflevector(p0, p1, 0, 8, 0, 1, 9, 0, 2, 10);
-    const V u1 = __builtin_shufflevector(p0, p1, 0, 3, 11, 0, 4, 12, 0, 5);
-    const V u2 = __builtin_shufflevector(p0, p1, 13, 0, 6, 14, 0, 7, 15, 0);
-    a = __builtin_shufflevector(u0, p2, 0, 1, 8, 3, 4, 9, 6, 7);
-    b = __builtin_shufflevector(u1, p2, 10, 1, 2, 11, 4, 5, 12, 7);
-    c = __builtin_shufflevector(u2, p2, 0, 13, 2, 3, 14, 5, 6, 15);
+  [[gnu::always_inline]] static void interleave3(V p0, V p1, V p2, V& a, V& b, V& c) {
+    // The inverse: permute back into the blends' lanes, then blend.
+    const V m0 = __builtin_shufflevector(p0, p0, 0, 3, 6, 1, 4, 7, 2, 5);
+    const V m1 = __builtin_shufflevector(p1, p1, 5, 0, 3, 6, 1, 4, 7, 2);
+    const V m2 = __builtin_shufflevector(p2, p2, 2, 5, 0, 3, 6, 1, 4, 7);
+    a = __builtin_shufflevector(__builtin_shufflevector(m0, m1, 0, 9, 2, 3, 12, 5, 6, 15), m2,
+                                0, 1, 10, 3, 4, 13, 6, 7);
+    b = __builtin_shufflevector(__builtin_shufflevector(m0, m1, 0, 1, 10, 3, 4, 13, 6, 7), m2,
+                                8, 1, 2, 11, 4, 5, 14, 7);
+    c = __builtin_shufflevector(__builtin_shufflevector(m0, m1, 8, 1, 2, 11, 4, 5, 14, 7), m2,
+                                0, 9, 2, 3, 12, 5, 6, 15);
   }
   // Memory order (x[t] = elements 8t..8t+7) to E, and back.
-  static void to_lanes(const V* x, V* E) {
+  [[gnu::always_inline]] static void to_lanes(const V* x, V* E) {
     V d[3][3];  // d[j][t]: elements 24 t + 3 l + j
     for (int t = 0; t < 3; ++t) deinterleave3(x[3 * t], x[3 * t + 1], x[3 * t + 2], d[0][t], d[1][t], d[2][t]);
     for (int j = 0; j < 3; ++j) deinterleave3(d[j][0], d[j][1], d[j][2], E[j], E[3 + j], E[6 + j]);
   }
-  static void from_lanes(const V* E, V* x) {
+  [[gnu::always_inline]] static void from_lanes(const V* E, V* x) {
     V d[3][3];
     for (int j = 0; j < 3; ++j) interleave3(E[j], E[3 + j], E[6 + j], d[j][0], d[j][1], d[j][2]);
     for (int t = 0; t < 3; ++t) interleave3(d[0][t], d[1][t], d[2][t], x[3 * t], x[3 * t + 1], x[3 * t + 2]);
   }
   template <class X>
-  static void load9(const X* p, V* E) {
+  [[gnu::always_inline]] static void load9(const X* p, V* E) {
     V x[9];
     for (int t = 0; t < 9; ++t) x[t] = vload<T>(p + t * kLanes);
     to_lanes(x, E);
   }
   // The three rows (or columns) of eight groups' statistics: 24 values.
-  static void load_stats(const S* s, V* out) {
+  [[gnu::always_inline]] static void load_stats(const S* s, V* out) {
     deinterleave3(vload<T>(s), vload<T>(s + kLanes), vload<T>(s + 2 * kLanes), out[0], out[1], out[2]);
   }
-  static void store_stats(S* s, const V* in) {
+  [[gnu::always_inline]] static void store_stats(S* s, const V* in) {
     V a, b, c;
     interleave3(in[0], in[1], in[2], a, b, c);
     vstore<T>(s, a);
