@@ -926,16 +926,44 @@ struct Groups {
                            : end - (end - self) * splat<T>(T(1) - weight);
   }
 
+  // Whether every lane of a comparison holds: one test, not eight.
+  template <class M>
+  static bool all_lanes(M m) {
+    std::uint64_t w[sizeof(M) / 8];
+    std::memcpy(w, &m, sizeof w);
+    std::uint64_t all = ~std::uint64_t{0};
+    for (const std::uint64_t x : w) all &= x;
+    return all == ~std::uint64_t{0};
+  }
+  // The mean of the three rows' statistics (floored at eps1 for torch): a
+  // product with 1/3, not a division, which costs a few vector divides less
+  // per 72 elements at an ulp of difference.
+  V row_mean(const V* R) const {
+    V mean = ((R[0] + R[1]) + R[2]) * splat<T>(T(1) / T(3));
+    const T eps1 = static_cast<T>(job.eps1);
+    if (job.torch_variant) mean = mean < splat<T>(eps1) ? splat<T>(eps1) : mean;
+    return mean;
+  }
+  // The lanes (groups) where torch's floor V >= eps1^2 cannot bite, by the
+  // smallest V of the group, min_i(R_i) / mean * min_j(C_j) (rounding is
+  // monotonic), written without the division; near the boundary either side
+  // gives the same U to an ulp. The one test of G1 and G2.
+  auto unfloored(const V* R, const V* C, const V& mean) const {
+    V min_row = R[0], min_col = C[0];
+    for (int i = 1; i < 3; ++i) min_row = R[i] < min_row ? R[i] : min_row;
+    for (int j = 1; j < 3; ++j) min_col = C[j] < min_col ? C[j] : min_col;
+    const T eps1 = static_cast<T>(job.eps1);
+    return min_row * min_col >= splat<T>(eps1 * eps1) * mean;
+  }
+
   // The factors of eight groups from their statistics as stored (R, C):
   // F[3 i + j] = (s * rf_i) * cf_j, with rf_i = sqrt(mean_rows / R_i) and
   // cf_j = 1 / sqrt(C_j), so that U = F * G element by element, in either
   // layout. Returns the lanes (groups) where torch's floor V >= eps1^2 can
   // bite, as bits; their U is then formed element by element (floored()).
   unsigned factors8(const V* R, const V* C, V* F, V& mean) const {
-    const T eps1 = static_cast<T>(job.eps1);
     const T s = job.maximize ? T(-1) : T(1);
-    mean = ((R[0] + R[1]) + R[2]) / splat<T>(T(3));
-    if (job.torch_variant) mean = mean < splat<T>(eps1) ? splat<T>(eps1) : mean;
+    mean = row_mean(R);
     V srf[3], cf[3];
     for (int i = 0; i < 3; ++i) srf[i] = splat<T>(s) * vsqrt<T>(mean / R[i]);
     for (int j = 0; j < 3; ++j) cf[j] = splat<T>(T(1)) / vsqrt<T>(C[j]);
@@ -943,11 +971,8 @@ struct Groups {
       for (int j = 0; j < 3; ++j) F[3 * i + j] = srf[i] * cf[j];
     }
     if (!job.torch_variant) return 0;
-    // min_i(R_i) / mean is min_i(R_i / mean): rounding is monotonic.
-    V min_row = R[0], min_col = C[0];
-    for (int i = 1; i < 3; ++i) min_row = R[i] < min_row ? R[i] : min_row;
-    for (int j = 1; j < 3; ++j) min_col = C[j] < min_col ? C[j] : min_col;
-    const auto fine = (min_row / mean) * min_col >= splat<T>(eps1 * eps1);
+    const auto fine = unfloored(R, C, mean);
+    if (all_lanes(fine)) return 0;
     unsigned clamped = 0;
     for (int l = 0; l < kLanes; ++l) clamped |= fine[l] ? 0u : 1u << l;
     return clamped;
@@ -960,24 +985,27 @@ struct Groups {
     return floored_update(s * gv, ratio * C[e % 3][l], static_cast<T>(job.eps1));
   }
 
-  // G1 for groups o .. o + 7.
+  // G1 for groups o .. o + 7. Only the squares of the gradient stay live (in
+  // registers, nine vectors): the gradient itself is read again from memory
+  // in the rare groups where the floor bites.
   void lanes1(i64 o, Wide& usq_lanes) const {
-    V E[9];
-    load9(static_cast<const P*>(job.grad) + o * 9, E);
-    V sq[9];
-    for (int e = 0; e < 9; ++e) sq[e] = E[e] * E[e];
-    if (!job.torch_variant) {
-      for (int e = 0; e < 9; ++e) sq[e] += splat<T>(static_cast<T>(job.eps1));
-    }
+    const P* grad = static_cast<const P*>(job.grad) + o * 9;
+    V g2[9];
+    load9(grad, g2);
+    for (int e = 0; e < 9; ++e) g2[e] = g2[e] * g2[e];
+    // The statistics sum g^2 (torch) or g^2 + eps1 (the others).
+    const V add = splat<T>(job.torch_variant ? T(0) : static_cast<T>(job.eps1));
     S* row = static_cast<S*>(job.row_var) + o * 3;
     S* col = static_cast<S*>(job.col_var) + o * 3;
     V R[3], C[3];
     load_stats(row, R);
     load_stats(col, C);
-    const V three = splat<T>(T(3));
+    const V third = splat<T>(T(1) / T(3));
     V rs[3], cs[3];
-    for (int i = 0; i < 3; ++i) rs[i] = ((sq[3 * i] + sq[3 * i + 1]) + sq[3 * i + 2]) / three;
-    for (int j = 0; j < 3; ++j) cs[j] = ((sq[j] + sq[3 + j]) + sq[6 + j]) / three;
+    for (int i = 0; i < 3; ++i) {
+      rs[i] = (((g2[3 * i] + add) + (g2[3 * i + 1] + add)) + (g2[3 * i + 2] + add)) * third;
+    }
+    for (int j = 0; j < 3; ++j) cs[j] = (((g2[j] + add) + (g2[3 + j] + add)) + (g2[6 + j] + add)) * third;
     if (job.stats_lerp) {
       const T wt = static_cast<T>(job.lerp_weight);
       for (int i = 0; i < 3; ++i) R[i] = vlerp(R[i], rs[i], wt);
@@ -997,11 +1025,7 @@ struct Groups {
     // sum U^2 = sum_ij F_ij^2 G_ij^2 with F_ij^2 = (mean / R_i) / C_j, taken
     // before the square roots that pass G2 rounds F through: no square
     // roots here, and the same sum to a few ulps.
-    V mean = ((R[0] + R[1]) + R[2]) / three;
-    const T eps1 = static_cast<T>(job.eps1);
-    if (job.torch_variant) mean = mean < splat<T>(eps1) ? splat<T>(eps1) : mean;
-    V g2[9];
-    for (int e = 0; e < 9; ++e) g2[e] = job.torch_variant ? sq[e] : E[e] * E[e];
+    const V mean = row_mean(R);
     const V one = splat<T>(T(1));
     const V ic[3] = {one / C[0], one / C[1], one / C[2]};
     V a{};
@@ -1010,17 +1034,13 @@ struct Groups {
       a += (mean / R[i]) * row_sum;
     }
     if (job.torch_variant) {
-      // Groups where torch's floor can bite (as factors8 finds them): U
-      // element by element.
-      V min_row = R[0], min_col = C[0];
-      for (int i = 1; i < 3; ++i) min_row = R[i] < min_row ? R[i] : min_row;
-      for (int j = 1; j < 3; ++j) min_col = C[j] < min_col ? C[j] : min_col;
-      const auto fine = (min_row / mean) * min_col >= splat<T>(eps1 * eps1);
-      for (int l = 0; l < kLanes; ++l) {
+      // Groups where torch's floor can bite: U element by element.
+      const auto fine = unfloored(R, C, mean);
+      for (int l = 0; !all_lanes(fine) && l < kLanes; ++l) {
         if (fine[l]) continue;
         T sum = 0;
         for (int e = 0; e < 9; ++e) {
-          const T u = floored(E[e][l], R, C, mean, e, l);
+          const T u = floored(load<T>(grad, 9 * l + e), R, C, mean, e, l);
           sum += u * u;
         }
         a[l] = sum;
