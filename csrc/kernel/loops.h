@@ -634,7 +634,8 @@ struct Factored {
       vcoef = splat<T>(coef), valpha = splat<T>(alpha), vdenom = splat<T>(denom);
       vmult = splat<T>(mult), vdcoef = splat<T>(dcoef), vb1 = splat<T>(b1), vob1 = splat<T>(ob1);
     }
-    void lanes(P* p, S* m, i64 idx, vec<T> u) const {
+    // Returns the new parameter as computed (as stored where P is T).
+    vec<T> lanes(P* p, S* m, i64 idx, vec<T> u) const {
       vec<T> pv = vload<T>(p + idx);
       if constexpr (BigVision) {
         u = u / vdenom;
@@ -654,6 +655,7 @@ struct Factored {
         if constexpr (Decay) pv = pv * vmult;
       }
       vstore<T>(p + idx, pv - u);
+      return pv - u;
     }
     void one(P* p, S* m, i64 idx, T u) const {
       T pv = load<T>(p, idx);
@@ -860,6 +862,33 @@ struct Groups {
     }
   }
 
+  // psq_range's sum fed vector by vector, as pass G2 writes them, so that
+  // the new parameter is not read again: the same runs of kRun elements
+  // from the batch's start, the same order, the same bits.
+  struct PsqStream {
+    Wide& lanes;
+    V q{};
+    i64 in_run = 0;
+    void add(V pv) {
+      q += pv * pv;
+      if (++in_run == kRun / kLanes) {
+        lanes.add(q);
+        q = V{};
+        in_run = 0;
+      }
+    }
+    // The batch's remaining len elements, from memory, and the end of it.
+    void finish(const P* p, i64 len, double* tail) {
+      const i64 lv = len - len % kLanes;
+      for (i64 c = 0; c < lv; c += kLanes) add(vload<T>(p + c));
+      if (in_run) lanes.add(q);
+      for (i64 e = lv; e < len; ++e) {
+        const T pv = load<T>(p, e);
+        tail[e % kLanes] += static_cast<double>(pv) * pv;
+      }
+    }
+  };
+
   // ------------------------------------------------ eight 3 x 3 groups
   // 72 consecutive elements, eight groups of nine, held as nine vectors
   // E[e], e = 3 i + j, whose lane k is element (i, j) of group k: the
@@ -1052,7 +1081,7 @@ struct Groups {
   // G2 for groups o .. o + 7: the factors go back to memory order, where
   // they meet the gradient and the parameter.
   template <class Tail>
-  void lanes2(i64 o, const Tail& tail, bool vectors) const {
+  void lanes2(i64 o, const Tail& tail, bool vectors, PsqStream* psq) const {
     const i64 base = o * 9;
     V R[3], C[3], F[9], f[9], mean;
     load_stats(static_cast<const S*>(job.row_var) + o * 3, R);
@@ -1072,7 +1101,10 @@ struct Groups {
     P* p = static_cast<P*>(job.param);
     S* m = static_cast<S*>(job.exp_avg);
     if (vectors) {
-      for (int t = 0; t < 9; ++t) tail.lanes(p, m, base + t * kLanes, u[t]);
+      for (int t = 0; t < 9; ++t) {
+        const V written = tail.lanes(p, m, base + t * kLanes, u[t]);
+        if (psq) psq->add(written);
+      }
     } else {
       for (int t = 0; t < 9; ++t) {
         for (int l = 0; l < kLanes; ++l) tail.one(p, m, base + t * kLanes + l, u[t][l]);
@@ -1304,12 +1336,19 @@ struct Groups {
     for (i64 ob = o0; ob < o1; ob += batch()) {
       const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
       i64 done = 0;
+      // The new param^2 of the batch: as the lanes write it where they write
+      // the compute type, else read back (from cache).
+      PsqStream stream{psq_lanes};
+      const bool streamed = kLaneGroups && std::is_same_v<P, T> && vectors && job.param_sq_next;
       if constexpr (kLaneGroups) {
-        for (; done + kLanes <= nb; done += kLanes) lanes2(ob + done, tail, vectors);
+        for (; done + kLanes <= nb; done += kLanes) lanes2(ob + done, tail, vectors, streamed ? &stream : nullptr);
       }
       if (done < nb) batch2(ob + done, nb - done, w);
-      // The new param^2 of the batch just written (from cache).
-      if (job.param_sq_next) psq_range(p + ob * nm, nb * nm, psq_lanes, psq);
+      if (streamed) {
+        stream.finish(p + (ob + done) * nm, (nb - done) * nm, psq);
+      } else if (job.param_sq_next) {
+        psq_range(p + ob * nm, nb * nm, psq_lanes, psq);
+      }
     }
     if (job.param_sq_next) job.param_sq_next[block] = psq_lanes.sum() + lane_sum(psq);
   }
