@@ -844,11 +844,15 @@ struct Groups {
     o1 = o0 + job.block_size < job.O ? o0 + job.block_size : job.O;
   }
 
-  // param^2 over a batch's elements: the one order of G1 and G2.
+  // param^2 over a batch's elements: the one order of G1 and G2, in runs
+  // of kPsqRun elements from the batch's start. For 3 x 3 groups a run is
+  // the 72 elements of eight groups, so that G2 can sum them as it writes
+  // them (lanes2) instead of reading them back.
+  static constexpr i64 kPsqRun = kLaneGroups ? 9 * kLanes : kRun;
   static void psq_range(const P* p, i64 len, Wide& lanes, double* tail) {
     const i64 lv = len - len % kLanes;
-    for (i64 e = 0; e < lv; e += kRun) {
-      const i64 end = e + kRun < lv ? e + kRun : lv;
+    for (i64 e = 0; e < lv; e += kPsqRun) {
+      const i64 end = e + kPsqRun < lv ? e + kPsqRun : lv;
       V q{};
       for (i64 c = e; c < end; c += kLanes) {
         const V pv = vload<T>(p + c);
@@ -861,33 +865,6 @@ struct Groups {
       tail[e % kLanes] += static_cast<double>(pv) * pv;
     }
   }
-
-  // psq_range's sum fed vector by vector, as pass G2 writes them, so that
-  // the new parameter is not read again: the same runs of kRun elements
-  // from the batch's start, the same order, the same bits.
-  struct PsqStream {
-    Wide& lanes;
-    V q{};
-    i64 in_run = 0;
-    void add(V pv) {
-      q += pv * pv;
-      if (++in_run == kRun / kLanes) {
-        lanes.add(q);
-        q = V{};
-        in_run = 0;
-      }
-    }
-    // The batch's remaining len elements, from memory, and the end of it.
-    void finish(const P* p, i64 len, double* tail) {
-      const i64 lv = len - len % kLanes;
-      for (i64 c = 0; c < lv; c += kLanes) add(vload<T>(p + c));
-      if (in_run) lanes.add(q);
-      for (i64 e = lv; e < len; ++e) {
-        const T pv = load<T>(p, e);
-        tail[e % kLanes] += static_cast<double>(pv) * pv;
-      }
-    }
-  };
 
   // ------------------------------------------------ eight 3 x 3 groups
   // 72 consecutive elements, eight groups of nine, held as nine vectors
@@ -1081,7 +1058,7 @@ struct Groups {
   // G2 for groups o .. o + 7: the factors go back to memory order, where
   // they meet the gradient and the parameter.
   template <class Tail>
-  void lanes2(i64 o, const Tail& tail, bool vectors, PsqStream* psq) const {
+  void lanes2(i64 o, const Tail& tail, bool vectors, Wide* psq) const {
     const i64 base = o * 9;
     V R[3], C[3], F[9], f[9], mean;
     load_stats(static_cast<const S*>(job.row_var) + o * 3, R);
@@ -1101,10 +1078,12 @@ struct Groups {
     P* p = static_cast<P*>(job.param);
     S* m = static_cast<S*>(job.exp_avg);
     if (vectors) {
+      V q{};  // psq_range's run over these 72 elements, as written
       for (int t = 0; t < 9; ++t) {
         const V written = tail.lanes(p, m, base + t * kLanes, u[t]);
-        if (psq) psq->add(written);
+        q += written * written;
       }
+      if (psq) psq->add(q);
     } else {
       for (int t = 0; t < 9; ++t) {
         for (int l = 0; l < kLanes; ++l) tail.one(p, m, base + t * kLanes + l, u[t][l]);
@@ -1338,17 +1317,14 @@ struct Groups {
       i64 done = 0;
       // The new param^2 of the batch: as the lanes write it where they write
       // the compute type, else read back (from cache).
-      PsqStream stream{psq_lanes};
       const bool streamed = kLaneGroups && std::is_same_v<P, T> && vectors && job.param_sq_next;
       if constexpr (kLaneGroups) {
-        for (; done + kLanes <= nb; done += kLanes) lanes2(ob + done, tail, vectors, streamed ? &stream : nullptr);
+        for (; done + kLanes <= nb; done += kLanes) lanes2(ob + done, tail, vectors, streamed ? &psq_lanes : nullptr);
       }
       if (done < nb) batch2(ob + done, nb - done, w);
-      if (streamed) {
-        stream.finish(p + (ob + done) * nm, (nb - done) * nm, psq);
-      } else if (job.param_sq_next) {
-        psq_range(p + ob * nm, nb * nm, psq_lanes, psq);
-      }
+      // The rest starts on a run's boundary (done * 9 is a multiple of 72).
+      const i64 from = streamed ? done * nm : 0;
+      if (job.param_sq_next) psq_range(p + (ob * nm + from), nb * nm - from, psq_lanes, psq);
     }
     if (job.param_sq_next) job.param_sq_next[block] = psq_lanes.sum() + lane_sum(psq);
   }
