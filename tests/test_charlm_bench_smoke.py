@@ -20,5 +20,7 @@ def test_charlm_benchmark_smoke(tmp_path):
     (row,) = result["rows"]
     assert row["threads"] == 1
     assert row["tcl_s_per_step"] > 0 and row["python_s_per_step"] > 0
+    # One round: the median of the rounds' ratios is that round's ratio.
+    assert row["tcl_rounds"] == [row["tcl_s_per_step"]]
     assert row["ratio"] == row["tcl_s_per_step"] / row["python_s_per_step"]
     assert "| 1 |" in r.stdout and "Tcl/Python" in r.stdout

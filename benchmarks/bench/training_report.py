@@ -92,7 +92,8 @@ def targets(results) -> list[dict]:
         for row in cl["rows"]:
             add("charlm_tcl", "char-LM training step: Tcl / Python", row["threads"], row["ratio"],
                 cl["target"], f"{_fmt_time(row['tcl_s_per_step'])} vs "
-                f"{_fmt_time(row['python_s_per_step'])}, median of {cl['rounds']} rounds")
+                f"{_fmt_time(row['python_s_per_step'])} (medians), the median of "
+                f"{cl['rounds']} rounds' ratios")
     return out
 
 
@@ -137,8 +138,9 @@ def charlm_table(cl) -> list[list[str]]:
 def charlm_line(cl) -> str:
     c = cl["config"]
     return (f"examples/train_charlm.tcl's model ({c['layers']} layers, d_model {c['dModel']}, "
-            f"batch {c['batch']} x {c['context']} tokens), median of {cl['rounds']} rounds "
-            f"of {cl['steps']} steps")
+            f"batch {c['batch']} x {c['context']} tokens), medians of {cl['rounds']} rounds "
+            f"of {cl['steps']} steps; the ratio is the median of the rounds' own ratios, the "
+            "two runs of a round back to back, the side going first alternating")
 
 
 def text(results) -> list[str]:
