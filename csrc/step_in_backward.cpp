@@ -45,10 +45,20 @@ std::string shape_text(const at::Tensor& t) {
 
 }  // namespace
 
+const char* accumulate_steps_requirement() {
+  static const std::string text = std::string(rule_text(kAccumulateStepsRule)) +
+                                  " (the number of backward passes whose gradients one step uses)";
+  return text.c_str();
+}
+
+std::string accumulate_steps_error(const std::string& got) {
+  return std::string("accumulate_steps must be an integer ") + accumulate_steps_requirement() +
+         ", got " + got;
+}
+
 void check_accumulate_steps(std::int64_t accumulate_steps) {
   TORCH_CHECK_VALUE(rule_accepts(kAccumulateStepsRule, static_cast<double>(accumulate_steps)),
-                    "accumulate_steps must be ", rule_text(kAccumulateStepsRule), ", got ",
-                    accumulate_steps);
+                    accumulate_steps_error(std::to_string(accumulate_steps)));
 }
 
 std::string step_in_backward_conflict(StepInBackwardConflict conflict) {

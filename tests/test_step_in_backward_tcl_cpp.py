@@ -202,9 +202,11 @@ def test_camel_and_snake_case(tcl, spelling):
 
 
 @pytest.mark.parametrize("args, message, code", [
-    ("-accumulateSteps 0 -stepInBackward 1", 'bad value "0" for -accumulateSteps: must be >= 1',
+    ("-accumulateSteps 0 -stepInBackward 1",
+     'bad value "0" for -accumulateSteps: must be >= 1 (the number of backward passes',
      ("TORCH", "VALUE", "-accumulateSteps", "0")),
-    ("-accumulateSteps 2.5 -stepInBackward 1", 'bad value "2.5" for -accumulateSteps: must be an integer',
+    ("-accumulateSteps 2.5 -stepInBackward 1",
+     'bad value "2.5" for -accumulateSteps: must be an integer >= 1 (the number of backward passes',
      ("TORCH", "VALUE", "-accumulateSteps", "2.5")),
     ("-stepInBackward maybe", 'bad value "maybe" for -stepInBackward: must be a boolean',
      ("TORCH", "VALUE", "-stepInBackward", "maybe")),
@@ -223,6 +225,28 @@ def test_bad_values_and_refused_combinations(tcl, args, message, code):
     assert got.startswith(message), got
     assert got_code == code
     assert tcl.handles() == before  # nothing was created
+
+
+# The rule for accumulate_steps and its wording are the core's
+# (step_in_backward.h); each door says it in its own form.
+ACCUMULATE_STEPS = ">= 1 (the number of backward passes whose gradients one step uses)"
+
+
+def test_a_bad_accumulate_steps_is_worded_once_for_every_door(tcl):
+    import tcltorch
+
+    make = f"torch::optimizer_adafactor -parameters {params_of(tcl)} -stepInBackward 1"
+    assert error_of(tcl, f"{make} -accumulateSteps 0")[0] == \
+        f'bad value "0" for -accumulateSteps: must be {ACCUMULATE_STEPS}'
+    assert error_of(tcl, f"{make} -accumulateSteps 2.5")[0] == \
+        f'bad value "2.5" for -accumulateSteps: must be an integer {ACCUMULATE_STEPS}'
+    params = [torch.zeros(2, requires_grad=True)]
+    for value, error, shown in [(0, ValueError, "0"), (-2**70, ValueError, str(-2**70)),
+                                (1.5, TypeError, "1.5 (float)"), (True, TypeError, "True (bool)")]:
+        with pytest.raises(error) as info:
+            tcltorch.Adafactor(params, step_in_backward=True, accumulate_steps=value)
+        assert str(info.value) == f"accumulate_steps must be an integer {ACCUMULATE_STEPS}, got {shown}"
+    # The C++ door's message is checked in test_cpp_example_is_the_usual_step_bit_for_bit.
 
 
 def test_one_optimizer_per_parameter_until_the_first_is_deleted(tcl):
@@ -340,4 +364,5 @@ def test_cpp_example_is_the_usual_step_bit_for_bit():
     assert re.search(r"^an error inside backward: lr must be a finite number", out, re.M)
     assert "refused: step in backward: a parameter of shape [8, 8] already has a " \
            "post-accumulate-grad hook (another optimizer steps it in backward)" in out
+    assert f"refused: accumulate_steps must be an integer {ACCUMULATE_STEPS}, got 0\n" in out
     assert "after the optimizer is gone, backward only accumulates gradients" in out

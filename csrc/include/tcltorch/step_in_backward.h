@@ -17,7 +17,16 @@ namespace tcltorch {
 // before the step runs inside the last of them.
 inline constexpr OptionRule kAccumulateStepsRule = OptionRule::AtLeastOne;
 
-// Throws c10::ValueError ("accumulate_steps must be >= 1, got 0").
+// What accumulate_steps must be, completing "must be ": the rule and what
+// the number counts (">= 1 (the number of backward passes ...)"). Every
+// door's message for a bad value is made from it.
+TCLTORCH_API const char* accumulate_steps_requirement();
+
+// The message for a bad accumulate_steps, `got` being the value as the
+// caller shows it: "accumulate_steps must be an integer >= 1 (...), got 0".
+TCLTORCH_API std::string accumulate_steps_error(const std::string& got);
+
+// Throws c10::ValueError with accumulate_steps_error.
 TCLTORCH_API void check_accumulate_steps(std::int64_t accumulate_steps);
 
 // What the step in backward cannot be combined with, and why.
