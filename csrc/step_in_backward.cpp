@@ -72,6 +72,12 @@ std::string step_in_backward_conflict(StepInBackwardConflict conflict) {
       return "the step in backward does not compose with data parallel training: the "
              "gradients are averaged over the ranks only after backward, so a step inside "
              "backward would use this rank's local gradient";
+    case StepInBackwardConflict::OverlappingBackward:
+      return "accumulate_steps counts backward passes, and this backward pass began while "
+             "another was still running (inside its backward, as torch.utils.checkpoint with "
+             "use_reentrant=True does, or on another thread), so it would count as a pass of "
+             "its own: checkpoint with use_reentrant=False, run one backward at a time, or use "
+             "accumulate_steps 1";
   }
   return "";
 }
@@ -110,6 +116,10 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
   int pass = -1;
   std::int64_t passes = 0;
   bool stepping = false;
+  // Alive while the pass seen last runs: held by the callback queued on that
+  // pass, dropped when the callback runs at its end or when the engine drops
+  // a pass that failed.
+  std::weak_ptr<void> pass_running;
   std::vector<Param> params;
   std::vector<int> validated_in;  // per group: the pass that checked its options
 
@@ -137,24 +147,31 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
     std::lock_guard<std::mutex> lock(mutex);
     const int task = torch::autograd::get_current_graph_task_id();
     if (task != pass) {  // the first parameter this backward pass reaches
+      // Counting passes needs them one after another. (With one pass per
+      // step, a pass inside another steps what it accumulated, as usual.)
+      TORCH_CHECK(accumulate_steps == 1 || pass_running.expired(),
+                  step_in_backward_conflict(StepInBackwardConflict::OverlappingBackward),
+                  " (accumulate_steps is ", accumulate_steps, ")");
       pass = task;
       stepping = ++passes >= accumulate_steps;
-      if (stepping) {
-        passes = 0;
-        // A parameter this pass does not reach may still hold a gradient
-        // from the earlier passes: it is stepped when the pass ends.
-        std::weak_ptr<StepInBackward> weak = weak_from_this();
-        torch::autograd::Engine::get_default_engine().queue_callback([weak, task] {
-          if (auto self = weak.lock()) self->finish(task);
-        });
-      }
+      if (stepping) passes = 0;
+      auto running = std::make_shared<char>();
+      pass_running = running;
+      // A parameter this pass does not reach may still hold a gradient
+      // from the earlier passes: it is stepped when the pass ends.
+      std::weak_ptr<StepInBackward> weak = weak_from_this();
+      torch::autograd::Engine::get_default_engine().queue_callback(
+          [weak, task, running = std::move(running)]() mutable {
+            running.reset();
+            if (auto self = weak.lock()) self->finish(task);
+          });
     }
     if (stepping) step(i);
   }
 
   void finish(int task) {
     std::lock_guard<std::mutex> lock(mutex);
-    if (pass != task) return;
+    if (pass != task || !stepping) return;
     for (std::size_t i = 0; i < params.size(); ++i) {
       if (params[i].stepped_in != task) step(i);
     }

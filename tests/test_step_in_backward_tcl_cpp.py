@@ -283,6 +283,87 @@ def test_no_step_and_no_crash_after_the_handle_is_deleted(tcl):
     assert tcl.eval("torch::tensor_grad $w") != ""
 
 
+# ------------------------------------------- backward passes that overlap
+# Tcl has no backward inside a backward; one comes from Python (a reentrant
+# activation checkpoint) over parameters shared with Tcl, whose hooks are the
+# core's.
+
+def checkpointed_model(tcl, options):
+    """inp and out outside a reentrant checkpoint, mid only inside it; the
+    optimizer is the Tcl door's."""
+    gen = torch.Generator().manual_seed(3)
+    params = {k: (torch.randn(s, generator=gen) * 0.5).requires_grad_()
+              for k, s in {"inp": (5, 5), "mid": (5, 5), "out": (5, 3)}.items()}
+    handles = " ".join(tcl.put_tensor(p) for p in params.values())
+    opt = tcl.eval(f"torch::optimizer_adafactor -parameters [list {handles}] -lr 0.05 {options}")
+    return params, opt
+
+
+def checkpointed_loss(params, batch, use_reentrant=True, fail=False):
+    from torch.utils.checkpoint import checkpoint
+
+    class FailInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h):
+            return h.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise ArithmeticError("a failing backward")
+
+    gen = torch.Generator().manual_seed(10 + batch)
+    x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
+    h = torch.tanh(x @ params["inp"])
+    h = checkpoint(lambda h: torch.tanh(h @ params["mid"]), h, use_reentrant=use_reentrant)
+    if fail:
+        h = FailInBackward.apply(h)
+    return torch.nn.functional.mse_loss(h @ params["out"], y)
+
+
+def test_accumulate_steps_refuses_a_backward_inside_a_backward(tcl):
+    params, _opt = checkpointed_model(tcl, "-stepInBackward 1 -accumulateSteps 2")
+    with pytest.raises(RuntimeError) as info:
+        checkpointed_loss(params, 0).backward()
+    message = str(info.value)
+    assert ("accumulate_steps counts backward passes, and this backward pass began while another "
+            "was still running (inside its backward, as torch.utils.checkpoint with "
+            "use_reentrant=True does, or on another thread), so it would count as a pass of its "
+            "own: checkpoint with use_reentrant=False, run one backward at a time, or use "
+            "accumulate_steps 1 (accumulate_steps is 2)") in message, message
+
+
+def test_accumulate_steps_goes_on_after_a_failed_backward(tcl):
+    """A pass that fails (after it reached a parameter, so it counts) never
+    reaches its end; the next pass does not overlap it."""
+    params, _opt = checkpointed_model(tcl, "-stepInBackward 1 -accumulateSteps 2")
+    usual, usual_opt = checkpointed_model(tcl, "")
+    with pytest.raises(ArithmeticError):
+        checkpointed_loss(params, 0, use_reentrant=False, fail=True).backward()
+    assert params["out"].grad is not None and params["inp"].grad is None
+    for p in params.values():
+        p.grad = None
+    # The failed pass was the first of two: the next one steps.
+    for steps in ([1], [2, 3]):
+        for batch in steps:
+            checkpointed_loss(params, batch, use_reentrant=False).backward()
+            checkpointed_loss(usual, batch, use_reentrant=False).backward()
+        tcl.eval(f"torch::optimizer_step {usual_opt}; torch::optimizer_zero_grad {usual_opt}")
+        for k in params:
+            assert params[k].grad is None
+            assert torch.equal(params[k].detach(), usual[k].detach()), (steps, k)
+
+
+def test_one_step_per_pass_with_a_reentrant_checkpoint_is_the_usual_step(tcl):
+    params, _opt = checkpointed_model(tcl, "-stepInBackward 1")
+    usual, usual_opt = checkpointed_model(tcl, "")
+    for batch in range(3):
+        checkpointed_loss(params, batch).backward()
+        checkpointed_loss(usual, batch).backward()
+        tcl.eval(f"torch::optimizer_step {usual_opt}; torch::optimizer_zero_grad {usual_opt}")
+    for k in params:
+        assert torch.equal(params[k].detach(), usual[k].detach()), k
+
+
 def test_no_crash_after_the_interpreter_is_deleted(tcl):
     w = torch.zeros(4, 3, requires_grad=True)
     tcl.eval(f"set w {tcl.put_tensor(w)}")

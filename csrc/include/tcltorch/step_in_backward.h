@@ -33,6 +33,10 @@ TCLTORCH_API void check_accumulate_steps(std::int64_t accumulate_steps);
 enum class StepInBackwardConflict : std::int8_t {
   ShardedState,  // distributed::ShardedAdafactor (ZeRO-1)
   DataParallel,  // distributed::DataParallel
+  // With accumulate_steps > 1: a backward pass that begins while another is
+  // still running (one inside another's backward, as torch.utils.checkpoint
+  // with use_reentrant=True does, or two on different threads).
+  OverlappingBackward,
 };
 TCLTORCH_API std::string step_in_backward_conflict(StepInBackwardConflict conflict);
 
