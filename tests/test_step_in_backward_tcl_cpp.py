@@ -364,6 +364,66 @@ def test_one_step_per_pass_with_a_reentrant_checkpoint_is_the_usual_step(tcl):
         assert torch.equal(params[k].detach(), usual[k].detach()), k
 
 
+# ------------------------------------------- the post-accumulate-grad slot
+# A tensor has one post-accumulate-grad hook. Python's
+# register_post_accumulate_grad_hook takes the slot the first time it is
+# called on a tensor (replacing the core's hook) and keeps it after its
+# handles are removed.
+
+PYTHON_HOOK_NOTE = ("Python's register_post_accumulate_grad_hook takes the slot the first time "
+                    "it is called on a tensor, and its hook object keeps it after every handle "
+                    "is removed")
+
+
+def lost_hook(position, shape):
+    return (f"step in backward: parameter {position} of group 1 (counting from 1; shape {shape}) "
+            "no longer holds this optimizer's post-accumulate-grad hook, so backward does not "
+            "step it: a tensor has one such hook, and a Python hook replaced it "
+            f"({PYTHON_HOOK_NOTE}); step that parameter with an optimizer that does not step "
+            "in backward")
+
+
+def test_a_hook_that_replaced_ours_is_an_error_naming_the_parameter(tcl):
+    params, opt = checkpointed_model(tcl, "-stepInBackward 1")
+    before = {k: p.detach().clone() for k, p in params.items()}
+    handle = params["mid"].register_post_accumulate_grad_hook(lambda p: None)
+    # At the next backward pass, before anything is stepped.
+    with pytest.raises(RuntimeError) as info:
+        checkpointed_loss(params, 0, use_reentrant=False).backward()
+    assert lost_hook(2, "[5, 5]") in str(info.value), str(info.value)
+    assert all(torch.equal(before[k], params[k].detach()) for k in params)
+    # The emptied Python hook object still holds the slot; optimizer_step says so too.
+    handle.remove()
+    message, code = error_of(tcl, f"torch::optimizer_step {opt}")
+    assert message == f"torch::optimizer_step: {lost_hook(2, '[5, 5]')}"
+    assert code == ("TORCH", "LIBTORCH")
+
+
+def test_a_lost_hook_is_an_error_of_optimizer_step_when_no_hook_is_left(tcl):
+    """With every hook replaced, backward only accumulates: the step says why."""
+    w = torch.zeros(4, 3, requires_grad=True)
+    opt = tcl.eval(f"torch::optimizer_adafactor -parameters {tcl.put_tensor(w)} "
+                   "-stepInBackward 1 -lr 0.1")
+    w.register_post_accumulate_grad_hook(lambda p: None)
+    (torch.ones(2, 4) @ w).sum().backward()
+    assert w.grad is not None
+    message, _ = error_of(tcl, f"torch::optimizer_step {opt}")
+    assert message == f"torch::optimizer_step: {lost_hook(1, '[4, 3]')}"
+
+
+def test_an_emptied_python_hook_still_holds_the_slot(tcl):
+    w = torch.zeros(4, 3, requires_grad=True)
+    w.register_post_accumulate_grad_hook(lambda p: None).remove()
+    w._post_accumulate_grad_hooks = None  # does not free the slot either
+    message, code = error_of(tcl, f"torch::optimizer_adafactor -parameters {tcl.put_tensor(w)} "
+                                  "-stepInBackward 1")
+    assert message == ('bad value "1" for -stepInBackward: step in backward: a parameter of shape '
+                       f'[4, 3] already has a post-accumulate-grad hook (a Python one: '
+                       f'{PYTHON_HOOK_NOTE}), and a tensor has one such hook: step it with an optimizer '
+                       'that does not step in backward')
+    assert code == ("TORCH", "VALUE", "-stepInBackward", "1")
+
+
 def test_no_crash_after_the_interpreter_is_deleted(tcl):
     w = torch.zeros(4, 3, requires_grad=True)
     tcl.eval(f"set w {tcl.put_tensor(w)}")

@@ -44,6 +44,15 @@ TCLTORCH_API std::string step_in_backward_conflict(StepInBackwardConflict confli
 // backward.
 TCLTORCH_API bool has_step_in_backward_hook(const at::Tensor& param);
 
+namespace detail {
+struct StepInBackward;  // step_in_backward.cpp
+// Throws c10::Error naming the first parameter whose post-accumulate-grad
+// slot no longer holds the hook `in_backward` set there (a later hook took
+// the slot, so backward no longer steps that parameter). Adafactor::step and
+// each backward pass call it.
+TCLTORCH_API void check_hooks_in_place(const StepInBackward& in_backward);
+}  // namespace detail
+
 // For distributed::DataParallel, which averages its parameters' gradients
 // after backward: marks `param` as averaged (counted, so that two wrappers
 // of one parameter each hold a mark) or drops one mark. The step in backward
