@@ -10,8 +10,9 @@
 // time for each tensor, with a hook object that stays there after its
 // handles are removed): a parameter whose slot is taken is refused, a hook
 // replaced later is an error at the next backward pass or step(), and
-// removal clears only a slot that still holds this optimizer's own hook. Hooks reach the optimizer through a weak
-// pointer, so a hook that outlives it does nothing.
+// removal clears only a slot that still holds this optimizer's own hook.
+// Hooks reach the optimizer through a weak pointer, so a hook that outlives
+// it does nothing.
 #include "tcltorch/step_in_backward.h"
 
 #include <torch/csrc/autograd/engine.h>
@@ -226,13 +227,15 @@ void check_hooks_in_place(const StepInBackward& in_backward) {
     const auto& p = in_backward.params[i];
     auto* now = slot_hook(p.tensor);
     const auto* ours = dynamic_cast<const Hook*>(now);
-    TORCH_CHECK(ours && ours->identity == &in_backward && ours->index == i, "step in backward: parameter ", p.position + 1, " of group ",
-                p.group + 1, " (counting from 1; shape ", shape_text(p.tensor),
+    if (ours && ours->identity == &in_backward && ours->index == i) continue;
+    TORCH_CHECK(false, "step in backward: parameter ", p.position + 1, " of group ", p.group + 1,
+                " (counting from 1; shape ", shape_text(p.tensor),
                 ") no longer holds this optimizer's post-accumulate-grad hook, so backward "
                 "does not step it: a tensor has one such hook, and ",
-                now && is_python_hook(*now) ? "a Python hook replaced it (" : "another replaced it (",
-                kPythonHookNote,
-                "); step that parameter with an optimizer that does not step in backward");
+                now && is_python_hook(*now)
+                    ? std::string("a Python hook replaced it (") + kPythonHookNote + ")"
+                    : std::string(now ? "another hook replaced it" : "it was removed"),
+                "; step that parameter with an optimizer that does not step in backward");
   }
 }
 
