@@ -1,6 +1,7 @@
 // The optimizer object around adafactor_step: options, state, serialization.
 // Shaped after LibTorch's torch/csrc/api/src/optim/adam.cpp.
 #include "tcltorch/adafactor.h"
+#include "tcltorch/step_in_backward.h"
 
 #include <torch/serialize/archive.h>
 #include <torch/utils.h>
@@ -367,8 +368,12 @@ torch::Tensor Adafactor::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  // Stepping in backward, the steps have run (step_in_backward.cpp).
-  if (in_backward_) return loss;
+  // Stepping in backward, the steps have run (step_in_backward.cpp), unless
+  // a hook was replaced: that is said here rather than stepping nothing.
+  if (in_backward_) {
+    detail::check_hooks_in_place(*in_backward_);
+    return loss;
+  }
   for (auto& group : param_groups_) {
     auto& options = static_cast<AdafactorOptions&>(group.options());
     // Options may have been changed since construction (set_lr, a scheduler).

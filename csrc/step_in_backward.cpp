@@ -6,10 +6,13 @@
 // result is the usual step's, bit for bit.
 //
 // Each tensor has a single post-accumulate-grad slot, which Python's
-// register_post_accumulate_grad_hook also uses (and overwrites): a parameter
-// whose slot is taken is refused, and removal clears only a slot that still
-// holds this optimizer's own hook. Hooks reach the optimizer through a weak
-// pointer, so a hook that outlives it does nothing.
+// register_post_accumulate_grad_hook also uses (and overwrites, the first
+// time for each tensor, with a hook object that stays there after its
+// handles are removed): a parameter whose slot is taken is refused, a hook
+// replaced later is an error at the next backward pass or step(), and
+// removal clears only a slot that still holds this optimizer's own hook.
+// Hooks reach the optimizer through a weak pointer, so a hook that outlives
+// it does nothing.
 #include "tcltorch/step_in_backward.h"
 
 #include <torch/csrc/autograd/engine.h>
@@ -22,6 +25,7 @@
 
 #include <mutex>
 #include <sstream>
+#include <typeinfo>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -45,10 +49,20 @@ std::string shape_text(const at::Tensor& t) {
 
 }  // namespace
 
+const char* accumulate_steps_requirement() {
+  static const std::string text = std::string(rule_text(kAccumulateStepsRule)) +
+                                  " (the number of backward passes whose gradients one step uses)";
+  return text.c_str();
+}
+
+std::string accumulate_steps_error(const std::string& got) {
+  return std::string("accumulate_steps must be an integer ") + accumulate_steps_requirement() +
+         ", got " + got;
+}
+
 void check_accumulate_steps(std::int64_t accumulate_steps) {
   TORCH_CHECK_VALUE(rule_accepts(kAccumulateStepsRule, static_cast<double>(accumulate_steps)),
-                    "accumulate_steps must be ", rule_text(kAccumulateStepsRule), ", got ",
-                    accumulate_steps);
+                    accumulate_steps_error(std::to_string(accumulate_steps)));
 }
 
 std::string step_in_backward_conflict(StepInBackwardConflict conflict) {
@@ -62,6 +76,12 @@ std::string step_in_backward_conflict(StepInBackwardConflict conflict) {
       return "the step in backward does not compose with data parallel training: the "
              "gradients are averaged over the ranks only after backward, so a step inside "
              "backward would use this rank's local gradient";
+    case StepInBackwardConflict::OverlappingBackward:
+      return "accumulate_steps counts backward passes, and this backward pass began while "
+             "another was still running (inside its backward, as torch.utils.checkpoint with "
+             "use_reentrant=True does, or on another thread), so it would count as a pass of "
+             "its own: checkpoint with use_reentrant=False, run one backward at a time, or use "
+             "accumulate_steps 1";
   }
   return "";
 }
@@ -88,7 +108,8 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
   struct Param {
     at::Tensor tensor;
     std::size_t group;
-    int stepped_in = -1;  // the backward pass that last stepped it
+    std::size_t position;  // in its group's params()
+    int stepped_in = -1;   // the backward pass that last stepped it
   };
 
   Adafactor* owner = nullptr;
@@ -100,6 +121,10 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
   int pass = -1;
   std::int64_t passes = 0;
   bool stepping = false;
+  // Alive while the pass seen last runs: held by the callback queued on that
+  // pass, dropped when the callback runs at its end or when the engine drops
+  // a pass that failed.
+  std::weak_ptr<void> pass_running;
   std::vector<Param> params;
   std::vector<int> validated_in;  // per group: the pass that checked its options
 
@@ -127,24 +152,33 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
     std::lock_guard<std::mutex> lock(mutex);
     const int task = torch::autograd::get_current_graph_task_id();
     if (task != pass) {  // the first parameter this backward pass reaches
+      // A parameter whose hook was replaced would silently not be stepped.
+      check_hooks_in_place(*this);
+      // Counting passes needs them one after another. (With one pass per
+      // step, a pass inside another steps what it accumulated, as usual.)
+      TORCH_CHECK(accumulate_steps == 1 || pass_running.expired(),
+                  step_in_backward_conflict(StepInBackwardConflict::OverlappingBackward),
+                  " (accumulate_steps is ", accumulate_steps, ")");
       pass = task;
       stepping = ++passes >= accumulate_steps;
-      if (stepping) {
-        passes = 0;
-        // A parameter this pass does not reach may still hold a gradient
-        // from the earlier passes: it is stepped when the pass ends.
-        std::weak_ptr<StepInBackward> weak = weak_from_this();
-        torch::autograd::Engine::get_default_engine().queue_callback([weak, task] {
-          if (auto self = weak.lock()) self->finish(task);
-        });
-      }
+      if (stepping) passes = 0;
+      auto running = std::make_shared<char>();
+      pass_running = running;
+      // A parameter this pass does not reach may still hold a gradient
+      // from the earlier passes: it is stepped when the pass ends.
+      std::weak_ptr<StepInBackward> weak = weak_from_this();
+      torch::autograd::Engine::get_default_engine().queue_callback(
+          [weak, task, running = std::move(running)]() mutable {
+            running.reset();
+            if (auto self = weak.lock()) self->finish(task);
+          });
     }
     if (stepping) step(i);
   }
 
   void finish(int task) {
     std::lock_guard<std::mutex> lock(mutex);
-    if (pass != task) return;
+    if (pass != task || !stepping) return;
     for (std::size_t i = 0; i < params.size(); ++i) {
       if (params[i].stepped_in != task) step(i);
     }
@@ -174,7 +208,36 @@ torch::autograd::PostAccumulateGradHook* slot_hook(const at::Tensor& t) {
   return torch::autograd::impl::post_acc_grad_hooks(t).get();
 }
 
+bool is_python_hook(const torch::autograd::PostAccumulateGradHook& hook) {
+  // torch::autograd::PyFunctionTensorPostAccGradHooks, which the core does
+  // not link: known by name, for the wording of an error only.
+  return std::string(typeid(hook).name()).find("PyFunctionTensorPostAccGradHooks") !=
+         std::string::npos;
+}
+
+// Why a slot may hold a hook that is not this optimizer's.
+constexpr const char* kPythonHookNote =
+    "Python's register_post_accumulate_grad_hook takes the slot the first time it is called "
+    "on a tensor, and its hook object keeps it after every handle is removed";
+
 }  // namespace
+
+void check_hooks_in_place(const StepInBackward& in_backward) {
+  for (std::size_t i = 0; i < in_backward.params.size(); ++i) {
+    const auto& p = in_backward.params[i];
+    auto* now = slot_hook(p.tensor);
+    const auto* ours = dynamic_cast<const Hook*>(now);
+    if (ours && ours->identity == &in_backward && ours->index == i) continue;
+    TORCH_CHECK(false, "step in backward: parameter ", p.position + 1, " of group ", p.group + 1,
+                " (counting from 1; shape ", shape_text(p.tensor),
+                ") no longer holds this optimizer's post-accumulate-grad hook, so backward "
+                "does not step it: a tensor has one such hook, and ",
+                now && is_python_hook(*now)
+                    ? std::string("a Python hook replaced it (") + kPythonHookNote + ")"
+                    : std::string(now ? "another hook replaced it" : "it was removed"),
+                "; step that parameter with an optimizer that does not step in backward");
+  }
+}
 
 void StepInBackward::remove_hooks() {
   for (auto& p : params) {
@@ -236,20 +299,28 @@ void Adafactor::set_step_in_backward(bool on, std::int64_t accumulate_steps) {
   // Every parameter is checked before any hook is set: all or nothing.
   std::unordered_set<const void*> seen;
   for (std::size_t g = 0; g < param_groups_.size(); ++g) {
-    for (const auto& p : param_groups_[g].params()) {
+    const auto& group = param_groups_[g].params();
+    for (std::size_t position = 0; position < group.size(); ++position) {
+      const auto& p = group[position];
       if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
       TORCH_CHECK_VALUE(p.is_leaf(), "step in backward: a parameter of shape ", shape_text(p),
                         " is not a leaf tensor (it was computed from others), so backward "
                         "never accumulates a gradient into it");
       TORCH_CHECK_VALUE(!averaged_after_backward(p),
                         step_in_backward_conflict(StepInBackwardConflict::DataParallel));
-      TORCH_CHECK_VALUE(
-          !detail::slot_hook(p), "step in backward: a parameter of shape ", shape_text(p),
-          " already has a post-accumulate-grad hook (",
-          has_step_in_backward_hook(p) ? "another optimizer steps it in backward"
-                                       : "for example from register_post_accumulate_grad_hook",
-          "), and a tensor has one such hook: remove it first");
-      state->params.push_back({p, g});
+      if (const auto* taken = detail::slot_hook(p)) {
+        const bool python = detail::is_python_hook(*taken);
+        TORCH_CHECK_VALUE(
+            false, "step in backward: a parameter of shape ", shape_text(p),
+            " already has a post-accumulate-grad hook (",
+            has_step_in_backward_hook(p) ? "another optimizer steps it in backward"
+            : python ? std::string("a Python one: ") + detail::kPythonHookNote
+                     : std::string("for example from register_post_accumulate_grad_hook"),
+            "), and a tensor has one such hook: ",
+            python ? "step it with an optimizer that does not step in backward"
+                   : "remove it first");
+      }
+      state->params.push_back({p, g, position});
     }
   }
   for (std::size_t i = 0; i < state->params.size(); ++i) {

@@ -51,7 +51,8 @@ TCL_DOOR_LAST = [
      "a [`torch::distributed_data_parallel`](distributed_data_parallel.md) module: `TORCH VALUE`."),
     ("`-accumulateSteps` *int*", "1",
      "with `-stepInBackward 1`: the gradients of this many backward passes add up and the steps "
-     "run inside the last of them. `>= 1`."),
+     "run inside the last of them. `>= 1`. Above 1, the passes must come one after another; see "
+     "[STEP IN BACKWARD](#step-in-backward)."),
 ]
 TCL_TYPES = {"double": "double", "optional_double": "double", "bool": "bool", "int": "int",
              "enum": "name"}

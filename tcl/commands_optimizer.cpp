@@ -102,7 +102,7 @@ int optimizer_result(Registry& registry, Tcl_Interp* interp, std::string type,
 
 const NumberRule kBeta{[](double v) { return v >= 0 && v < 1; }, "in [0, 1)"};
 const NumberRule kAccumulateSteps{
-    [](double v) { return rule_accepts(kAccumulateStepsRule, v); }, rule_text(kAccumulateStepsRule)};
+    [](double v) { return rule_accepts(kAccumulateStepsRule, v); }, accumulate_steps_requirement()};
 
 // The Adafactor options come from the core's table (adafactor_args.h); the
 // door-level arguments are the command's own.

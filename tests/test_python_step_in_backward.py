@@ -367,7 +367,8 @@ def test_matches_torch_adafactor_and_torchs_optimizer_in_backward():
 
 
 @pytest.mark.parametrize("kwargs, error, text", [
-    ({"accumulate_steps": 0}, ValueError, "accumulate_steps must be an integer >= 1"),
+    ({"accumulate_steps": 0}, ValueError, "accumulate_steps must be an integer >= 1 (the number "
+     "of backward passes whose gradients one step uses), got 0"),
     ({"accumulate_steps": 1.5}, TypeError, "got 1.5 (float)"),
     ({"accumulate_steps": "2"}, TypeError, "got '2' (str)"),
     ({"accumulate_steps": True}, TypeError, "got True (bool)"),

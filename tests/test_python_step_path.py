@@ -215,6 +215,34 @@ def test_profiler_sees_the_step_range():
     assert "Optimizer.step#Adafactor.step" in names
 
 
+def test_zero_grad_takes_the_profiler_range_only_when_profiling(monkeypatch):
+    ps = make_params(shapes=[(4, 3), (3,)])
+    opt = tcltorch.Adafactor(ps)
+    ranges = []
+    record_function = torch.autograd.profiler.record_function
+
+    def counted(name, *args):
+        ranges.append(name)
+        return record_function(name, *args)
+
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", counted)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.zero_grad()
+    assert all(p.grad is None for p in ps) and ranges == []
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.zero_grad()
+    assert all(p.grad is None for p in ps)
+    assert "Optimizer.zero_grad#Adafactor.zero_grad" in {e.name for e in prof.events()}
+    # set_to_none=False is torch's as it is.
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.zero_grad(set_to_none=False)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in ps)
+
+
 def test_a_subclass_step_keeps_the_hooks():
     class Counting(tcltorch.Adafactor):
         def step(self, closure=None):

@@ -202,9 +202,11 @@ def test_camel_and_snake_case(tcl, spelling):
 
 
 @pytest.mark.parametrize("args, message, code", [
-    ("-accumulateSteps 0 -stepInBackward 1", 'bad value "0" for -accumulateSteps: must be >= 1',
+    ("-accumulateSteps 0 -stepInBackward 1",
+     'bad value "0" for -accumulateSteps: must be >= 1 (the number of backward passes',
      ("TORCH", "VALUE", "-accumulateSteps", "0")),
-    ("-accumulateSteps 2.5 -stepInBackward 1", 'bad value "2.5" for -accumulateSteps: must be an integer',
+    ("-accumulateSteps 2.5 -stepInBackward 1",
+     'bad value "2.5" for -accumulateSteps: must be an integer >= 1 (the number of backward passes',
      ("TORCH", "VALUE", "-accumulateSteps", "2.5")),
     ("-stepInBackward maybe", 'bad value "maybe" for -stepInBackward: must be a boolean',
      ("TORCH", "VALUE", "-stepInBackward", "maybe")),
@@ -223,6 +225,28 @@ def test_bad_values_and_refused_combinations(tcl, args, message, code):
     assert got.startswith(message), got
     assert got_code == code
     assert tcl.handles() == before  # nothing was created
+
+
+# The rule for accumulate_steps and its wording are the core's
+# (step_in_backward.h); each door says it in its own form.
+ACCUMULATE_STEPS = ">= 1 (the number of backward passes whose gradients one step uses)"
+
+
+def test_a_bad_accumulate_steps_is_worded_once_for_every_door(tcl):
+    import tcltorch
+
+    make = f"torch::optimizer_adafactor -parameters {params_of(tcl)} -stepInBackward 1"
+    assert error_of(tcl, f"{make} -accumulateSteps 0")[0] == \
+        f'bad value "0" for -accumulateSteps: must be {ACCUMULATE_STEPS}'
+    assert error_of(tcl, f"{make} -accumulateSteps 2.5")[0] == \
+        f'bad value "2.5" for -accumulateSteps: must be an integer {ACCUMULATE_STEPS}'
+    params = [torch.zeros(2, requires_grad=True)]
+    for value, error, shown in [(0, ValueError, "0"), (-2**70, ValueError, str(-2**70)),
+                                (1.5, TypeError, "1.5 (float)"), (True, TypeError, "True (bool)")]:
+        with pytest.raises(error) as info:
+            tcltorch.Adafactor(params, step_in_backward=True, accumulate_steps=value)
+        assert str(info.value) == f"accumulate_steps must be an integer {ACCUMULATE_STEPS}, got {shown}"
+    # The C++ door's message is checked in test_cpp_example_is_the_usual_step_bit_for_bit.
 
 
 def test_one_optimizer_per_parameter_until_the_first_is_deleted(tcl):
@@ -257,6 +281,147 @@ def test_no_step_and_no_crash_after_the_handle_is_deleted(tcl):
     backward_once(tcl)  # the hooks went with the handle
     assert torch.equal(w.detach(), stepped)
     assert tcl.eval("torch::tensor_grad $w") != ""
+
+
+# ------------------------------------------- backward passes that overlap
+# Tcl has no backward inside a backward; one comes from Python (a reentrant
+# activation checkpoint) over parameters shared with Tcl, whose hooks are the
+# core's.
+
+def checkpointed_model(tcl, options):
+    """inp and out outside a reentrant checkpoint, mid only inside it; the
+    optimizer is the Tcl door's."""
+    gen = torch.Generator().manual_seed(3)
+    params = {k: (torch.randn(s, generator=gen) * 0.5).requires_grad_()
+              for k, s in {"inp": (5, 5), "mid": (5, 5), "out": (5, 3)}.items()}
+    handles = " ".join(tcl.put_tensor(p) for p in params.values())
+    opt = tcl.eval(f"torch::optimizer_adafactor -parameters [list {handles}] -lr 0.05 {options}")
+    return params, opt
+
+
+def checkpointed_loss(params, batch, use_reentrant=True, fail=False):
+    from torch.utils.checkpoint import checkpoint
+
+    class FailInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, h):
+            return h.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise ArithmeticError("a failing backward")
+
+    gen = torch.Generator().manual_seed(10 + batch)
+    x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
+    h = torch.tanh(x @ params["inp"])
+    h = checkpoint(lambda h: torch.tanh(h @ params["mid"]), h, use_reentrant=use_reentrant)
+    if fail:
+        h = FailInBackward.apply(h)
+    return torch.nn.functional.mse_loss(h @ params["out"], y)
+
+
+def test_accumulate_steps_refuses_a_backward_inside_a_backward(tcl):
+    params, _opt = checkpointed_model(tcl, "-stepInBackward 1 -accumulateSteps 2")
+    with pytest.raises(RuntimeError) as info:
+        checkpointed_loss(params, 0).backward()
+    message = str(info.value)
+    assert ("accumulate_steps counts backward passes, and this backward pass began while another "
+            "was still running (inside its backward, as torch.utils.checkpoint with "
+            "use_reentrant=True does, or on another thread), so it would count as a pass of its "
+            "own: checkpoint with use_reentrant=False, run one backward at a time, or use "
+            "accumulate_steps 1 (accumulate_steps is 2)") in message, message
+
+
+def test_accumulate_steps_goes_on_after_a_failed_backward(tcl):
+    """A pass that fails (after it reached a parameter, so it counts) never
+    reaches its end; the next pass does not overlap it."""
+    params, _opt = checkpointed_model(tcl, "-stepInBackward 1 -accumulateSteps 2")
+    usual, usual_opt = checkpointed_model(tcl, "")
+    with pytest.raises(ArithmeticError):
+        checkpointed_loss(params, 0, use_reentrant=False, fail=True).backward()
+    assert params["out"].grad is not None and params["inp"].grad is None
+    for p in params.values():
+        p.grad = None
+    # The failed pass was the first of two: the next one steps.
+    for steps in ([1], [2, 3]):
+        for batch in steps:
+            checkpointed_loss(params, batch, use_reentrant=False).backward()
+            checkpointed_loss(usual, batch, use_reentrant=False).backward()
+        tcl.eval(f"torch::optimizer_step {usual_opt}; torch::optimizer_zero_grad {usual_opt}")
+        for k in params:
+            assert params[k].grad is None
+            assert torch.equal(params[k].detach(), usual[k].detach()), (steps, k)
+
+
+def test_one_step_per_pass_with_a_reentrant_checkpoint_is_the_usual_step(tcl):
+    params, _opt = checkpointed_model(tcl, "-stepInBackward 1")
+    usual, usual_opt = checkpointed_model(tcl, "")
+    for batch in range(3):
+        checkpointed_loss(params, batch).backward()
+        checkpointed_loss(usual, batch).backward()
+        tcl.eval(f"torch::optimizer_step {usual_opt}; torch::optimizer_zero_grad {usual_opt}")
+    for k in params:
+        assert torch.equal(params[k].detach(), usual[k].detach()), k
+
+
+# ------------------------------------------- the post-accumulate-grad slot
+# A tensor has one post-accumulate-grad hook. Python's
+# register_post_accumulate_grad_hook takes the slot the first time it is
+# called on a tensor (replacing the core's hook) and keeps it after its
+# handles are removed.
+
+PYTHON_HOOK_NOTE = ("Python's register_post_accumulate_grad_hook takes the slot the first time "
+                    "it is called on a tensor, and its hook object keeps it after every handle "
+                    "is removed")
+
+
+def lost_hook(position, shape):
+    return (f"step in backward: parameter {position} of group 1 (counting from 1; shape {shape}) "
+            "no longer holds this optimizer's post-accumulate-grad hook, so backward does not "
+            "step it: a tensor has one such hook, and a Python hook replaced it "
+            f"({PYTHON_HOOK_NOTE}); step that parameter with an optimizer that does not step "
+            "in backward")
+
+
+def test_a_hook_that_replaced_ours_is_an_error_naming_the_parameter(tcl):
+    params, opt = checkpointed_model(tcl, "-stepInBackward 1")
+    before = {k: p.detach().clone() for k, p in params.items()}
+    handle = params["mid"].register_post_accumulate_grad_hook(lambda p: None)
+    # At the next backward pass, before anything is stepped.
+    with pytest.raises(RuntimeError) as info:
+        checkpointed_loss(params, 0, use_reentrant=False).backward()
+    assert lost_hook(2, "[5, 5]") in str(info.value), str(info.value)
+    assert all(torch.equal(before[k], params[k].detach()) for k in params)
+    # The emptied Python hook object still holds the slot; optimizer_step says so too.
+    handle.remove()
+    message, code = error_of(tcl, f"torch::optimizer_step {opt}")
+    assert message == f"torch::optimizer_step: {lost_hook(2, '[5, 5]')}"
+    assert code == ("TORCH", "LIBTORCH")
+
+
+def test_a_lost_hook_is_an_error_of_optimizer_step_when_no_hook_is_left(tcl):
+    """With every hook replaced, backward only accumulates: the step says why."""
+    w = torch.zeros(4, 3, requires_grad=True)
+    opt = tcl.eval(f"torch::optimizer_adafactor -parameters {tcl.put_tensor(w)} "
+                   "-stepInBackward 1 -lr 0.1")
+    w.register_post_accumulate_grad_hook(lambda p: None)
+    (torch.ones(2, 4) @ w).sum().backward()
+    assert w.grad is not None
+    message, _ = error_of(tcl, f"torch::optimizer_step {opt}")
+    assert message == f"torch::optimizer_step: {lost_hook(1, '[4, 3]')}"
+
+
+def test_an_emptied_python_hook_still_holds_the_slot(tcl):
+    w = torch.zeros(4, 3, requires_grad=True)
+    w.register_post_accumulate_grad_hook(lambda p: None).remove()
+    w._post_accumulate_grad_hooks = None  # does not free the slot either
+    message, code = error_of(tcl, f"torch::optimizer_adafactor -parameters {tcl.put_tensor(w)} "
+                                  "-stepInBackward 1")
+    assert message == ('bad value "1" for -stepInBackward: step in backward: a parameter of shape '
+                       f'[4, 3] already has a post-accumulate-grad hook (a Python one: '
+                       f'{PYTHON_HOOK_NOTE}), and a tensor has one such hook: step it with an optimizer '
+                       'that does not step in backward')
+    assert code == ("TORCH", "VALUE", "-stepInBackward", "1")
 
 
 def test_no_crash_after_the_interpreter_is_deleted(tcl):
@@ -340,4 +505,5 @@ def test_cpp_example_is_the_usual_step_bit_for_bit():
     assert re.search(r"^an error inside backward: lr must be a finite number", out, re.M)
     assert "refused: step in backward: a parameter of shape [8, 8] already has a " \
            "post-accumulate-grad hook (another optimizer steps it in backward)" in out
+    assert f"refused: accumulate_steps must be an integer {ACCUMULATE_STEPS}, got 0\n" in out
     assert "after the optimizer is gone, backward only accumulates gradients" in out

@@ -122,6 +122,13 @@ int main() {
     } catch (const c10::ValueError& e) {
       std::cout << "refused: " << e.what_without_backtrace() << "\n";
     }
+    // A count of backward passes below one.
+    try {
+      opt->set_step_in_backward(true, 0);
+      all_same = false;
+    } catch (const c10::ValueError& e) {
+      std::cout << "refused: " << e.what_without_backtrace() << "\n";
+    }
   }
   // The optimizer is gone, and so are its hooks: backward only accumulates.
   for (const auto& p : m.params()) p.mutable_grad() = torch::Tensor();

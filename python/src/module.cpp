@@ -13,6 +13,7 @@
 #include "tcltorch/adafactor.h"
 #include "tcltorch/adafactor_checkpoint.h"
 #include "tcltorch/checkpoint.h"
+#include "tcltorch/step_in_backward.h"
 
 namespace py = pybind11;
 
@@ -209,6 +210,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("validate_options_as_torch",
         [](const py::kwargs& kwargs) { options_from(kwargs, false).validate_as_torch(); },
         "As validate_options, after torch.optim.Adafactor's own checks and messages.");
+  // The step in backward's rule and messages (step_in_backward.h), for the
+  // Python door's own keyword arguments.
+  m.def(
+      "check_accumulate_steps",
+      [](const py::int_& n) {
+        // As a double, so that an int beyond 64 bits meets the rule too.
+        if (!tcltorch::rule_accepts(tcltorch::kAccumulateStepsRule, n.cast<double>())) {
+          throw py::value_error(tcltorch::accumulate_steps_error(py::str(n)));
+        }
+      },
+      py::arg("accumulate_steps"), "Raises ValueError unless accumulate_steps is valid.");
+  m.def("accumulate_steps_error", &tcltorch::accumulate_steps_error, py::arg("got"),
+        "The message for a bad accumulate_steps, `got` being the value as shown.");
   m.def("adafactor_options", &option_table,
         "The table of Adafactor options: one dict per option (name, type, tcl, defaults "
         "per variant, rule, doc, ...), in the table's order.");

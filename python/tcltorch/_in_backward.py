@@ -30,17 +30,15 @@ import weakref
 import torch
 from torch import Tensor
 
+from . import _C
 
-def _integer_at_least_one(value) -> int:
+
+def _check_accumulate_steps(value) -> None:
+    # The rule and the message are the core's (every door's); only the type
+    # is Python's to check (a bool is an int to Python, not a count).
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"accumulate_steps must be an integer >= 1 (the number of backward passes "
-            f"whose gradients one step uses), got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(
-            f"accumulate_steps must be an integer >= 1 (the number of backward passes "
-            f"whose gradients one step uses), got {value}")
-    return value
+        raise TypeError(_C.accumulate_steps_error(f"{value!r} ({type(value).__name__})"))
+    _C.check_accumulate_steps(value)
 
 
 def check_arguments(step_in_backward, accumulate_steps) -> None:
@@ -49,7 +47,7 @@ def check_arguments(step_in_backward, accumulate_steps) -> None:
         raise TypeError(
             f"step_in_backward must be True or False, got {step_in_backward!r} "
             f"({type(step_in_backward).__name__})")
-    _integer_at_least_one(accumulate_steps)
+    _check_accumulate_steps(accumulate_steps)
     if accumulate_steps != 1 and not step_in_backward:
         raise ValueError(
             f"accumulate_steps={accumulate_steps} requires step_in_backward=True; with "

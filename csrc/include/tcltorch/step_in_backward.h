@@ -17,19 +17,41 @@ namespace tcltorch {
 // before the step runs inside the last of them.
 inline constexpr OptionRule kAccumulateStepsRule = OptionRule::AtLeastOne;
 
-// Throws c10::ValueError ("accumulate_steps must be >= 1, got 0").
+// What accumulate_steps must be, completing "must be ": the rule and what
+// the number counts (">= 1 (the number of backward passes ...)"). Every
+// door's message for a bad value is made from it.
+TCLTORCH_API const char* accumulate_steps_requirement();
+
+// The message for a bad accumulate_steps, `got` being the value as the
+// caller shows it: "accumulate_steps must be an integer >= 1 (...), got 0".
+TCLTORCH_API std::string accumulate_steps_error(const std::string& got);
+
+// Throws c10::ValueError with accumulate_steps_error.
 TCLTORCH_API void check_accumulate_steps(std::int64_t accumulate_steps);
 
 // What the step in backward cannot be combined with, and why.
 enum class StepInBackwardConflict : std::int8_t {
   ShardedState,  // distributed::ShardedAdafactor (ZeRO-1)
   DataParallel,  // distributed::DataParallel
+  // With accumulate_steps > 1: a backward pass that begins while another is
+  // still running (one inside another's backward, as torch.utils.checkpoint
+  // with use_reentrant=True does, or two on different threads).
+  OverlappingBackward,
 };
 TCLTORCH_API std::string step_in_backward_conflict(StepInBackwardConflict conflict);
 
 // True when `param` carries the hook of an Adafactor that steps it inside
 // backward.
 TCLTORCH_API bool has_step_in_backward_hook(const at::Tensor& param);
+
+namespace detail {
+struct StepInBackward;  // step_in_backward.cpp
+// Throws c10::Error naming the first parameter whose post-accumulate-grad
+// slot no longer holds the hook `in_backward` set there (a later hook took
+// the slot, so backward no longer steps that parameter). Adafactor::step and
+// each backward pass call it.
+TCLTORCH_API void check_hooks_in_place(const StepInBackward& in_backward);
+}  // namespace detail
 
 // For distributed::DataParallel, which averages its parameters' gradients
 // after backward: marks `param` as averaged (counted, so that two wrappers
