@@ -86,6 +86,20 @@ std::string step_in_backward_conflict(StepInBackwardConflict conflict) {
   return "";
 }
 
+std::string gradient_twice_in_one_pass_error(std::size_t group, std::size_t position,
+                                             const std::string& shape) {
+  return "step in backward: parameter " + std::to_string(position + 1) + " of group " +
+         std::to_string(group + 1) + " (counting from 1; shape " + shape +
+         ") got a gradient a second time in one backward pass, after the step in backward had "
+         "taken its first: a backward pass ran inside this one and both reach the parameter "
+         "(torch.utils.checkpoint with use_reentrant=True runs the backward of its segment as a "
+         "pass of its own, so a parameter used both inside and outside the segment, such as a "
+         "tied embedding, gets its gradient in two parts), or two passes ran at the same time on "
+         "different threads. A second step would make two steps with parts of its gradient "
+         "instead of the usual one with their sum, so it is refused (the second part stays in its "
+         "gradient): checkpoint with use_reentrant=False, or turn the step in backward off";
+}
+
 void mark_averaged_after_backward(const at::Tensor& param, bool on) {
   std::lock_guard<std::mutex> lock(averaged_mutex);
   auto& marks = averaged();
@@ -110,6 +124,8 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
     std::size_t group;
     std::size_t position;  // in its group's params()
     int stepped_in = -1;   // the backward pass that last stepped it
+    // Alive while the pass that last stepped it runs (see `pass_running`).
+    std::weak_ptr<void> stepped_running;
   };
 
   Adafactor* owner = nullptr;
@@ -145,6 +161,18 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
     }
     p.tensor.mutable_grad().reset();
     p.stepped_in = pass;
+    p.stepped_running = pass_running;
+  }
+
+  // Whether params[i], reached in backward pass `task`, was already stepped
+  // within the time of this pass: by a pass that began after it (one inside
+  // it, or beside it on another thread; graph task ids grow), or by one that
+  // is still running (this pass then began inside or beside it). Its second
+  // step would not be the usual step, one step with the sum.
+  bool stepped_within(std::size_t i, int task) const {
+    const Param& p = params[i];
+    if (task < 0 || p.stepped_in < 0) return false;
+    return p.stepped_in > task || !p.stepped_running.expired();
   }
 
   // The hook of params[i]: backward has just accumulated its gradient.
@@ -155,7 +183,8 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
       // A parameter whose hook was replaced would silently not be stepped.
       check_hooks_in_place(*this);
       // Counting passes needs them one after another. (With one pass per
-      // step, a pass inside another steps what it accumulated, as usual.)
+      // step, a pass inside another steps what it accumulated, as usual,
+      // unless both passes reach a parameter: see stepped_within.)
       TORCH_CHECK(accumulate_steps == 1 || pass_running.expired(),
                   step_in_backward_conflict(StepInBackwardConflict::OverlappingBackward),
                   " (accumulate_steps is ", accumulate_steps, ")");
@@ -173,7 +202,15 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
             if (auto self = weak.lock()) self->finish(task);
           });
     }
-    if (stepping) step(i);
+    if (!stepping) return;
+    // Refused before the second step: the first is done, the second part of
+    // the gradient stays in .grad.
+    if (stepped_within(i, task)) {
+      const Param& p = params[i];
+      TORCH_CHECK(false,
+                  gradient_twice_in_one_pass_error(p.group, p.position, shape_text(p.tensor)));
+    }
+    step(i);
   }
 
   void finish(int task) {

@@ -226,6 +226,77 @@ def test_accumulate_steps_refuses_a_reentrant_backward():
         nn.functional.mse_loss(checkpointed(inb, x, True), y).backward()
 
 
+def tied_checkpointed(model, x, where, use_reentrant=True, detach=None):
+    """`shared` used inside a checkpoint and outside it, `where` ("before" or
+    "after" the checkpoint), as a tied embedding is; `detach` ("inside" or
+    "outside") cuts the gradient of one use, for a reference (without a
+    reentrant backward)."""
+    from torch.utils.checkpoint import checkpoint
+
+    inside = model.shared.detach() if detach == "inside" else model.shared
+    outside = model.shared.detach() if detach == "outside" else model.shared
+    h = torch.tanh(model.inp(x))
+    if where == "before":  # an embedding, whose backward does not need the weight
+        h = h + nn.functional.embedding(torch.arange(8) % 10, outside)
+    h = checkpoint(lambda h: torch.tanh(h @ inside.T), h,
+                   use_reentrant=use_reentrant and detach is None)
+    if where == "after":
+        h = torch.tanh(h @ outside)
+    return model.out(h) * model.scale
+
+
+TWICE = ("step in backward: parameter 1 of group 1 (counting from 1; shape [10, 10]) got a "
+         "gradient a second time in one backward pass, after the step in backward had taken its "
+         "first: a backward pass ran inside this one and both reach the parameter "
+         "(torch.utils.checkpoint with use_reentrant=True runs the backward of its segment as a "
+         "pass of its own, so a parameter used both inside and outside the segment, such as a "
+         "tied embedding, gets its gradient in two parts), or two passes ran at the same time on "
+         "different threads. A second step would make two steps with parts of its gradient "
+         "instead of the usual one with their sum, so it is refused (the second part stays in its "
+         "gradient): checkpoint with use_reentrant=False, or turn the step in backward off")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_parameter_inside_and_outside_a_reentrant_checkpoint_is_refused(where):
+    _, _, inb, opt = pair(lr=0.02)
+    x, y = batches(1, torch.float32)[0]
+    with pytest.raises(RuntimeError) as info:
+        nn.functional.mse_loss(tied_checkpointed(inb, x, where), y).backward()
+    assert str(info.value) == TWICE
+    # Refused before a second step.
+    assert int(opt.state.get(inb.shared, {}).get("step", 0)) <= 1
+
+
+def test_after_the_refusal_the_state_is_one_step_with_the_first_part():
+    """Used before the checkpoint, `shared` gets the inner part of its gradient
+    first: stepped with it, the outer part refused and left in .grad; the
+    parameters reached before (out, scale) were stepped as usual, inp (after)
+    not. Then training goes on as the usual step: without a reentrant
+    backward, a parameter inside and outside a checkpoint is fine."""
+    usual, opt_u, inb, opt_b = pair(lr=0.02)
+    data = batches(3, torch.float32)
+    x, y = data[0]
+    with pytest.raises(RuntimeError, match="got a gradient a second time"):
+        nn.functional.mse_loss(tied_checkpointed(inb, x, "before"), y).backward()
+    nn.functional.mse_loss(tied_checkpointed(usual, x, "before", detach="inside"), y).backward()
+    assert torch.equal(inb.shared.grad, usual.shared.grad)  # the outer part
+    opt_u.zero_grad()
+    nn.functional.mse_loss(tied_checkpointed(usual, x, "before", detach="outside"), y).backward()
+    usual.inp.weight.grad = usual.inp.bias.grad = None
+    opt_u.step()
+    opt_u.zero_grad()
+    assert_same_bits(usual, inb)
+    assert inb.inp.weight.grad is None and inb.out.weight.grad is None
+    for p in inb.parameters():  # zero_grad() leaves gradients that accumulate
+        p.grad = None
+    for model, opt in ((usual, opt_u), (inb, opt_b)):
+        for x, y in data[1:]:
+            nn.functional.mse_loss(tied_checkpointed(model, x, "before", False), y).backward()
+            opt.step()
+            opt.zero_grad()
+    assert_same_bits(usual, inb)
+
+
 def test_skip_nan_updates_counted():
     usual, opt_u, inb, opt_b = pair(lr=0.02, skip_nan_updates=True)
     data = batches(4, torch.float32)

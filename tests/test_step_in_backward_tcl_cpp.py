@@ -364,6 +364,75 @@ def test_one_step_per_pass_with_a_reentrant_checkpoint_is_the_usual_step(tcl):
         assert torch.equal(params[k].detach(), usual[k].detach()), k
 
 
+def tied_loss(params, batch, where, use_reentrant=True, detach=None):
+    """mid used inside a checkpoint and outside it, `where` ("before" or
+    "after" the checkpoint), as a tied embedding is; `detach` ("inside" or
+    "outside") cuts the gradient of one use, for a reference (without a
+    reentrant backward)."""
+    from torch.utils.checkpoint import checkpoint
+
+    gen = torch.Generator().manual_seed(10 + batch)
+    x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
+    inside = params["mid"].detach() if detach == "inside" else params["mid"]
+    outside = params["mid"].detach() if detach == "outside" else params["mid"]
+    h = torch.tanh(x @ params["inp"])
+    if where == "before":  # an embedding, whose backward does not need the weight
+        h = h + torch.nn.functional.embedding(torch.arange(8) % 5, outside)
+    h = checkpoint(lambda h: torch.tanh(h @ inside), h,
+                   use_reentrant=use_reentrant and detach is None)
+    if where == "after":
+        h = torch.tanh(h @ outside)
+    return torch.nn.functional.mse_loss(h @ params["out"], y)
+
+
+TWICE = ("step in backward: parameter 2 of group 1 (counting from 1; shape [5, 5]) got a "
+         "gradient a second time in one backward pass, after the step in backward had taken its "
+         "first: a backward pass ran inside this one and both reach the parameter "
+         "(torch.utils.checkpoint with use_reentrant=True runs the backward of its segment as a "
+         "pass of its own, so a parameter used both inside and outside the segment, such as a "
+         "tied embedding, gets its gradient in two parts), or two passes ran at the same time on "
+         "different threads. A second step would make two steps with parts of its gradient "
+         "instead of the usual one with their sum, so it is refused (the second part stays in its "
+         "gradient): checkpoint with use_reentrant=False, or turn the step in backward off")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_a_parameter_inside_and_outside_a_reentrant_checkpoint_is_refused(tcl, where):
+    """The refusal comes before the second step. Backward reaches `out`
+    first (stepped as usual), then mid through one use, the one after the
+    checkpoint in the forward pass (stepped with that part of its gradient),
+    then mid again (refused, that part left in .grad), and never inp. Then
+    training goes on as the usual step: without a reentrant backward, a
+    parameter inside and outside a checkpoint is fine."""
+    params, opt = checkpointed_model(tcl, "-stepInBackward 1")
+    usual, usual_opt = checkpointed_model(tcl, "")
+    with pytest.raises(RuntimeError) as info:
+        tied_loss(params, 0, where).backward()
+    assert TWICE in str(info.value), str(info.value)
+    first, second = ("inside", "outside") if where == "before" else ("outside", "inside")
+    if where == "before":
+        # The second part (after, the checkpoint's recomputation ran with the
+        # mid stepped by the first part, so no usual run has that part).
+        tied_loss(usual, 0, where, detach=first).backward()
+        assert torch.equal(params["mid"].grad, usual["mid"].grad)
+        tcl.eval(f"torch::optimizer_zero_grad {usual_opt}")
+    assert params["mid"].grad is not None
+    tied_loss(usual, 0, where, detach=second).backward()
+    usual["inp"].grad = None
+    tcl.eval(f"torch::optimizer_step {usual_opt}; torch::optimizer_zero_grad {usual_opt}")
+    for k in params:
+        assert torch.equal(params[k].detach(), usual[k].detach()), k
+    assert params["inp"].grad is None and params["out"].grad is None
+    params["mid"].grad = None
+    for batch in (1, 2):
+        tied_loss(params, batch, where, use_reentrant=False).backward()
+        tied_loss(usual, batch, where, use_reentrant=False).backward()
+        tcl.eval(f"torch::optimizer_step {usual_opt}; torch::optimizer_zero_grad {usual_opt}")
+        for k in params:
+            assert params[k].grad is None
+            assert torch.equal(params[k].detach(), usual[k].detach()), (batch, k)
+
+
 # ------------------------------------------- the post-accumulate-grad slot
 # A tensor has one post-accumulate-grad hook. Python's
 # register_post_accumulate_grad_hook takes the slot the first time it is

@@ -223,6 +223,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("accumulate_steps"), "Raises ValueError unless accumulate_steps is valid.");
   m.def("accumulate_steps_error", &tcltorch::accumulate_steps_error, py::arg("got"),
         "The message for a bad accumulate_steps, `got` being the value as shown.");
+  m.def("gradient_twice_in_one_pass_error", &tcltorch::gradient_twice_in_one_pass_error,
+        py::arg("group"), py::arg("position"), py::arg("shape"),
+        "The refusal of a parameter whose gradient comes a second time in one backward pass.");
   m.def("adafactor_options", &option_table,
         "The table of Adafactor options: one dict per option (name, type, tcl, defaults "
         "per variant, rule, doc, ...), in the table's order.");

@@ -12,6 +12,11 @@ usual and the step runs inside the N-th one: each parameter in its hook, and at
 the end of that pass every parameter that holds a gradient from an earlier pass
 of the window but got none in this one (what the usual step would update).
 
+A backward pass run inside another (torch.utils.checkpoint with
+use_reentrant=True) steps what it accumulated; a parameter that both passes
+reach (used inside and outside the checkpoint) would be stepped twice with
+parts of its gradient, and is refused at its second hook, before that step.
+
 The hooks and the objects they reach hold the optimizer only weakly: an
 optimizer that is garbage collected removes its hooks.
 
@@ -163,6 +168,14 @@ class _Orphan:
         pass
 
 
+class _Running:
+    """Alive while one backward pass runs: held by the callback queued on that
+    pass, dropped when the callback runs at its end or when autograd drops a
+    pass that failed (weak references to it then die)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class InBackward:
     """The hooks of one optimizer and its count of backward passes."""
 
@@ -175,6 +188,10 @@ class InBackward:
         self._passes = 0          # backward passes seen in this window
         self._pass_task = None    # autograd graph task of the current pass
         self._stepped: set[int] = set()  # parameters stepped in this pass
+        self._pass_running = None  # weak reference to the _Running of the current pass
+        # Per parameter (by id): (graph task, weak _Running) of the pass whose
+        # hook took its gradient last, to refuse a second one within that pass.
+        self._taken_in: dict[int, tuple] = {}
         self._groups_key = None
         self._group_by_param: dict[int, dict] = {}
         # Gradients waiting for one call into the core, by group.
@@ -284,8 +301,11 @@ class InBackward:
         self._pending.clear()
         self._pending_bytes = 0
         owner = weakref.ref(self)
+        running = [_Running()]
+        self._pass_running = weakref.ref(running[0])
 
         def end_of_pass() -> None:
+            running.clear()
             me = owner()
             if me is not None:
                 me._end_pass()
@@ -306,8 +326,31 @@ class InBackward:
         group = self.group_of(p)
         if group is None:  # removed from param_groups by hand
             return
+        self._refuse_a_second_gradient_in_one_pass(optimizer, p)
         self._stepped.add(id(p))
         self._enqueue(group, p)
+
+    def _refuse_a_second_gradient_in_one_pass(self, optimizer, p: Tensor) -> None:
+        """Refuses, before its second step, a parameter whose gradient was
+        already taken within the time of this pass: by a pass that began after
+        it (one inside it: graph task ids grow) or by one still running (this
+        pass then runs inside it), as with a parameter used both inside and
+        outside torch.utils.checkpoint(..., use_reentrant=True)."""
+        task = self._pass_task
+        if task is None or task < 0:  # not inside a backward pass (DDP, FSDP2)
+            return
+        taken = self._taken_in.get(id(p))
+        self._taken_in[id(p)] = (task, self._pass_running)
+        if taken is None:
+            return
+        task_then, running_then = taken
+        if task_then < task and running_then() is None:
+            return
+        self._taken_in[id(p)] = taken
+        group, position = next((g, i) for g, entry in enumerate(optimizer.param_groups)
+                               for i, q in enumerate(entry["params"]) if q is p)
+        raise RuntimeError(_C.gradient_twice_in_one_pass_error(
+            group, position, str(list(p.shape))))
 
     def _enqueue(self, group: dict, p: Tensor) -> None:
         # Gradients wait in a small batch, so that many small parameters

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -39,6 +40,15 @@ enum class StepInBackwardConflict : std::int8_t {
   OverlappingBackward,
 };
 TCLTORCH_API std::string step_in_backward_conflict(StepInBackwardConflict conflict);
+
+// The refusal of a parameter that gets a gradient a second time within one
+// backward pass (from a pass run inside it, as torch.utils.checkpoint with
+// use_reentrant=True does, or beside it on another thread) after it was
+// stepped or queued for its step with the first: a second step would not be
+// the usual step (one step with the sum). `group` and `position` count from
+// 0; the message counts from 1, and says why and what to do.
+TCLTORCH_API std::string gradient_twice_in_one_pass_error(std::size_t group, std::size_t position,
+                                                          const std::string& shape);
 
 // True when `param` carries the hook of an Adafactor that steps it inside
 // backward.
