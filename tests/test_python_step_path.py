@@ -318,3 +318,54 @@ def test_state_tensors_replaced_between_steps_are_the_ones_stepped():
     assert not torch.equal(row, before)
     assert opt.state[ps[0]]["step"].item() == 3
     assert opt.state[ps[1]]["step"].item() == 1  # made again, lazily
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_state_edits_after_steady_steps_take_effect(grouped):
+    # From the third step on, a parameter whose state dict and optimizer.state
+    # are unchanged is stepped without reading its dict again: every edit of
+    # either must still be seen at the next step.
+    def edit(opt, i):
+        ps = [p for g in opt.param_groups for p in g["params"]]
+        if i == 4:  # a new dict, same values
+            opt.state[ps[0]] = {k: v.clone() for k, v in opt.state[ps[0]].items()}
+        if i == 5:  # a new tensor under a key
+            opt.state[ps[1]]["row_var"] = opt.state[ps[1]]["row_var"] * 2
+        if i == 6:  # a state made again, lazily
+            del opt.state[ps[2]]
+        if i == 7:  # a state tensor changed in place
+            opt.state[ps[1]]["col_var"].mul_(0.5)
+        if i == 8:  # the parameters of a group in another order
+            opt.param_groups[-1]["params"].reverse()
+        if i == 9:
+            opt.state[ps[0]]["step"] = opt.state[ps[0]]["step"] + 3
+
+    def groups(ps):
+        return [{"params": ps[:1]}, {"params": ps[1:]}] if grouped else ps
+
+    ours, ref, ours_p, ref_p = run_pair(edit, steps=12, groups=groups)
+    assert_close(ours_p, ref_p)
+    for a, b in zip(ours_p, ref_p):
+        for key, value in ref.state[b].items():
+            assert rel_err(ours.state[a][key], value) <= 1e-6, key
+
+
+def test_grads_replaced_or_kept_after_steady_steps():
+    # The same gradient tensors at every step (as a benchmark keeps them), and
+    # new ones after zero_grad(set_to_none=True); one parameter without a
+    # gradient for a while.
+    ours_p, ref_p = make_params(), make_params()
+    ours = tcltorch.Adafactor(ours_p)
+    ref = torch.optim.Adafactor(ref_p, foreach=False)
+    fixed = grads_for(ours_p, seed=700)
+    for i in range(10):
+        for opt, ps in ((ours, ours_p), (ref, ref_p)):
+            if i < 4:
+                set_grads(ps, fixed) if i == 0 else None
+            else:
+                opt.zero_grad(set_to_none=True)
+                set_grads(ps, grads_for(ps, seed=800 + i))
+                if 5 <= i <= 6:
+                    ps[1].grad = None
+            opt.step()
+        assert_close(ours_p, ref_p)

@@ -63,6 +63,19 @@ PyObject* dict_get(PyObject* d, PyObject* key) {
 
 std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
 
+// A dict's version tag (CPython 3.11: every insertion, deletion or
+// replacement of a value in any dict takes a new value of one global
+// counter): the same tag on the same dict object, held, means the same
+// contents. 0 where there is none (other Python versions, non-dicts): then
+// the contents are compared key by key.
+std::uint64_t dict_tag(PyObject* d) {
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+  if (PyDict_Check(d)) return reinterpret_cast<PyDictObject*>(d)->ma_version_tag;
+#endif
+  (void)d;
+  return 0;
+}
+
 // The keys of a state dict, in AdafactorParamState's order.
 constexpr std::size_t kStateKeyCount = 5;
 constexpr std::size_t kExpAvg = 4;
@@ -138,6 +151,7 @@ class GroupStepper {
   struct Slot {
     py::object param, dict;
     py::object seen[kStateKeyCount];
+    std::uint64_t dict_tag = 0;  // of `dict` when `seen` was last checked
     AdafactorParamState state;
   };
 
@@ -151,6 +165,11 @@ class GroupStepper {
     bool valid = false;
     std::unordered_map<PyObject*, std::shared_ptr<Slot>> slots;  // by parameter
     std::vector<std::shared_ptr<Slot>> order;  // the slots of the last step, in its order
+    // Per entry of `order`: the tag of optimizer.state (`state`, held) when
+    // its slot's dict was last found there by lookup (0: unknown). While
+    // optimizer.state keeps that tag, the parameter still has that dict.
+    std::vector<std::uint64_t> order_tag;
+    py::object state;
   };
 
   std::uint64_t bit(py::handle key) {
@@ -173,6 +192,7 @@ class GroupStepper {
     }
     std::erase_if(e.slots, [&](const auto& kv) { return !current.count(kv.first); });
     e.order.clear();
+    e.order_tag.clear();
   }
 
   PyObject* group_params(PyObject* group) {
@@ -258,6 +278,11 @@ class GroupStepper {
     std::vector<Work> work;
     work.reserve(n);
     py::list sharded;
+    // Positions whose dict was looked up in optimizer.state in this step.
+    const std::uint64_t state_tag = dict_tag(state.ptr());
+    const std::uint64_t trusted = e.state.ptr() == state.ptr() ? state_tag : 0;
+    std::vector<std::size_t> looked_up;
+    bool all_found = true;  // no lookup made a dict (a defaultdict's factory)
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* obj = PyTuple_GET_ITEM(params, i);
       if (!THPVariable_Check(obj)) {
@@ -271,10 +296,20 @@ class GroupStepper {
         sharded.append(obj);
         continue;
       }
-      auto slot = slot_for(e, static_cast<std::size_t>(i), obj, p, state, *options);
+      auto slot =
+          slot_for(e, static_cast<std::size_t>(i), obj, p, state, *options, trusted,
+                   looked_up, all_found);
       const bool had = slot->state.exp_avg().defined();
       work.push_back({&p, grad, std::move(slot), had});
     }
+    // The lookups' answers hold as of state_tag if none of them changed
+    // optimizer.state (a factory, a subclass's __getitem__). Python code runs
+    // from here on (the callbacks below); a change it makes to
+    // optimizer.state changes the tag.
+    const std::uint64_t found_tag =
+        all_found && state_tag != 0 && dict_tag(state.ptr()) == state_tag ? state_tag : 0;
+    for (const std::size_t position : looked_up) e.order_tag[position] = found_tag;
+    e.state = py::reinterpret_borrow<py::object>(state);
     std::int64_t skipped = 0;
     if (!work.empty()) {
       py::gil_scoped_release release;
@@ -291,6 +326,7 @@ class GroupStepper {
           throw py::error_already_set();
         }
         w.slot->seen[kExpAvg] = std::move(t);
+        w.slot->dict_tag = dict_tag(w.slot->dict.ptr());
       }
     }
     if (skipped) add_skipped_(opt, skipped);
@@ -302,15 +338,32 @@ class GroupStepper {
   // references, each of which touches its Python object twice.
   // `position`: of the parameter in what is stepped, where its slot was last
   // time (checked; the map is the truth).
+  // `trusted`: the tag optimizer.state has now, if it is the one the last
+  // lookups were made in (else 0). A slot found where it was, whose dict was
+  // looked up at this tag and still has its own tag, is taken as it is:
+  // nothing in optimizer.state changed. `found` turns false where a lookup
+  // made a dict (a defaultdict's factory).
   std::shared_ptr<Slot> slot_for(Entry& e, std::size_t position, PyObject* obj,
                                  const at::Tensor& p, py::handle state,
-                                 const AdafactorOptions& options) {
-    auto d = state_of(state.ptr(), obj);
+                                 const AdafactorOptions& options, std::uint64_t trusted,
+                                 std::vector<std::size_t>& looked_up, bool& found) {
+    if (trusted != 0 && position < e.order.size() && e.order_tag[position] == trusted) {
+      const auto& slot = e.order[position];
+      if (slot && slot->param.ptr() == obj && slot->dict_tag != 0 &&
+          dict_tag(slot->dict.ptr()) == slot->dict_tag) {
+        return slot;
+      }
+    }
+    auto d = state_of(state.ptr(), obj, found);
     if (!PyDict_Check(d.ptr())) {
       throw py::type_error("the optimizer state of a parameter must be a dict, got " +
                            type_name(d.ptr()));
     }
-    if (e.order.size() <= position) e.order.resize(position + 1);
+    if (e.order.size() <= position) {
+      e.order.resize(position + 1);
+      e.order_tag.resize(position + 1, 0);
+    }
+    looked_up.push_back(position);
     auto& hint = e.order[position];
     if (!hint || hint->param.ptr() != obj) {
       auto it = e.slots.find(obj);
@@ -318,11 +371,18 @@ class GroupStepper {
     }
     auto& slot = hint;
     if (slot && slot->dict.ptr() == d.ptr()) {
-      bool same = true;
-      for (std::size_t k = 0; k < kStateKeyCount && same; ++k) {
-        same = dict_get(d.ptr(), state_key(k)) == slot->seen[k].ptr();
+      const std::uint64_t tag = dict_tag(d.ptr());
+      bool same = tag != 0 && tag == slot->dict_tag;
+      if (!same) {
+        same = true;
+        for (std::size_t k = 0; k < kStateKeyCount && same; ++k) {
+          same = dict_get(d.ptr(), state_key(k)) == slot->seen[k].ptr();
+        }
       }
-      if (same) return slot;
+      if (same) {
+        slot->dict_tag = tag;
+        return slot;
+      }
     }
     auto fresh = std::make_shared<Slot>();
     fresh->param = py::reinterpret_borrow<py::object>(obj);
@@ -344,6 +404,7 @@ class GroupStepper {
         fresh->seen[k] = py::reinterpret_borrow<py::object>(dict_get(d.ptr(), state_key(k)));
       }
     }
+    fresh->dict_tag = dict_tag(d.ptr());
     e.slots[obj] = fresh;
     slot = fresh;
     return slot;
@@ -352,7 +413,7 @@ class GroupStepper {
   // optimizer.state[param]. Tensor.__hash__ is id(self), a Python function:
   // for a parameter whose type keeps it, the dict is probed with that hash
   // directly (a missing key still goes through the defaultdict's __missing__).
-  py::object state_of(PyObject* state, PyObject* obj) {
+  py::object state_of(PyObject* state, PyObject* obj, bool& found) {
 #if PY_VERSION_HEX < 0x030D0000
     if (PyDict_Check(state) &&
         _PyType_Lookup(Py_TYPE(obj), hash_name_.ptr()) == tensor_hash_.ptr()) {
@@ -363,6 +424,7 @@ class GroupStepper {
       if (PyErr_Occurred()) throw py::error_already_set();
     }
 #endif
+    found = false;
     return steal(PyObject_GetItem(state, obj));  // a defaultdict makes the empty dict
   }
 
