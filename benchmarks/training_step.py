@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="a tiny model, one short round")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (default 5)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS,
                     metavar=("MODE", "KEY", "CONFIG", "WARM", "STEPS", "THREADS"))

@@ -495,7 +495,7 @@ def write_docs(results, docs_dir: Path) -> Path:
               "batches of K steps, timed where the steps run (`time.perf_counter` around a "
               "loop of `opt.step()` in Python, Tcl's `time` command, `std::chrono` in C++). "
               "Each row takes a warm-up step (it creates the state) and a timed step that "
-              "sizes its batch to about 10 ms; then the rows of a parameter set take their "
+              "sizes its batch to about 50 ms; then the rows of a parameter set take their "
               "samples round-robin, one batch per row per round, up to 15 samples (rows "
               "slower than 0.1 s per step: fewer, at least 5). A sample is the mean step "
               "time of its batch; the tables show the median sample. Interleaving spreads "

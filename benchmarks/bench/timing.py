@@ -42,7 +42,12 @@ class Row(Protocol):
 class Plan:
     reps: int = 15          # samples, at most
     min_reps: int = 5       # samples, at least
-    target_s: float = 0.01  # duration of one sample (a batch of K steps)
+    # Duration of one sample (a batch of K steps). Long enough to hold several
+    # steps of the many-small set: its steps come in two modes here (about 4
+    # and 7 ms at 1 thread, as the other rows' data leave the cache), and a
+    # sample of two steps fell in one mode or the other, moving its median
+    # by a third between runs of the same build.
+    target_s: float = 0.05
     budget_s: float = 1.5   # time for all samples of a slow row
     settle_s: float = 0.02  # pause before a batch in another process
 

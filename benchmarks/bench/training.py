@@ -51,7 +51,7 @@ MODEL = {
 # Steps per timing process: warm-up steps after the first (which creates the
 # state), then timed steps; rounds of one process per row, alternating order.
 PLAN = {
-    "full": dict(warm=1, steps=4, rounds=3),
+    "full": dict(warm=1, steps=4, rounds=5),
     "smoke": dict(warm=1, steps=2, rounds=1),
 }
 WORKER = BENCH / "training_step.py"
