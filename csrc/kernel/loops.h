@@ -1081,7 +1081,7 @@ struct Groups {
       V q{};  // psq_range's run over these 72 elements, as written
       for (int t = 0; t < 9; ++t) {
         const V written = tail.lanes(p, m, base + t * kLanes, u[t]);
-        q += written * written;
+        if (psq) q += written * written;
       }
       if (psq) psq->add(q);
     } else {
