@@ -50,3 +50,18 @@ def run_tclsh(script: str | None = None, *args: str, file: Path | None = None,
     cmd = ["tclsh", str(file) if file else "-", *args]
     return subprocess.run(cmd, input=script, capture_output=True, text=True,
                           env=tclsh_env(), timeout=timeout)
+
+
+def gradient_twice_message(position: int, shape: str) -> str:
+    """The step in backward's refusal of a second gradient in one pass, word
+    for word (the Python and C++/Tcl doors say the same)."""
+    return (f"step in backward: parameter {position} of group 1 "
+            f"(counting from 1; shape {shape}) got a "
+            "gradient a second time in one backward pass, after the step in backward had taken its "
+            "first: a backward pass ran inside this one and both reach the parameter "
+            "(torch.utils.checkpoint with use_reentrant=True runs the backward of its segment as a "
+            "pass of its own, so a parameter used both inside and outside the segment, such as a "
+            "tied embedding, gets its gradient in two parts), or two passes ran at the same time "
+            "on different threads. A second step would make two steps with parts of its gradient "
+            "instead of the usual one with their sum, so it is refused (the second part stays in "
+            "its gradient): checkpoint with use_reentrant=False, or turn the step in backward off")

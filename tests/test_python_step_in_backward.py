@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import tcltorch
+from conftest import gradient_twice_message
 from reference import rel_err
 
 
@@ -245,15 +246,7 @@ def tied_checkpointed(model, x, where, use_reentrant=True, detach=None):
     return model.out(h) * model.scale
 
 
-TWICE = ("step in backward: parameter 1 of group 1 (counting from 1; shape [10, 10]) got a "
-         "gradient a second time in one backward pass, after the step in backward had taken its "
-         "first: a backward pass ran inside this one and both reach the parameter "
-         "(torch.utils.checkpoint with use_reentrant=True runs the backward of its segment as a "
-         "pass of its own, so a parameter used both inside and outside the segment, such as a "
-         "tied embedding, gets its gradient in two parts), or two passes ran at the same time on "
-         "different threads. A second step would make two steps with parts of its gradient "
-         "instead of the usual one with their sum, so it is refused (the second part stays in its "
-         "gradient): checkpoint with use_reentrant=False, or turn the step in backward off")
+TWICE = gradient_twice_message(1, "[10, 10]")
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

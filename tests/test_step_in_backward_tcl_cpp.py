@@ -20,7 +20,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_tclsh
+from conftest import REPO, gradient_twice_message, run_tclsh
 from reference import rel_err
 from tcltorch.tcl import TclError
 
@@ -385,15 +385,7 @@ def tied_loss(params, batch, where, use_reentrant=True, detach=None):
     return torch.nn.functional.mse_loss(h @ params["out"], y)
 
 
-TWICE = ("step in backward: parameter 2 of group 1 (counting from 1; shape [5, 5]) got a "
-         "gradient a second time in one backward pass, after the step in backward had taken its "
-         "first: a backward pass ran inside this one and both reach the parameter "
-         "(torch.utils.checkpoint with use_reentrant=True runs the backward of its segment as a "
-         "pass of its own, so a parameter used both inside and outside the segment, such as a "
-         "tied embedding, gets its gradient in two parts), or two passes ran at the same time on "
-         "different threads. A second step would make two steps with parts of its gradient "
-         "instead of the usual one with their sum, so it is refused (the second part stays in its "
-         "gradient): checkpoint with use_reentrant=False, or turn the step in backward off")
+TWICE = gradient_twice_message(2, "[5, 5]")
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
