@@ -51,11 +51,13 @@ CONFIGS = [
 ]
 # Matrices of at most 2048 elements take the small-group passes ((1, 300),
 # (3, 40, 50), (16, 8, 3, 3), ...), larger ones the three passes: (37, 300)
-# and (150, 520) take rows several at a time with leftover rows and columns,
-# (150, 520) is cut into two blocks mid-group, and (20, 3, 45, 50) has blocks
-# of whole leading indices that own their columns.
+# and (150, 520) end in a partial group of rows whose column sums pass 1
+# takes together, with leftover columns (300), and (150, 520) is cut into
+# blocks mid-group; (20, 3, 45, 50) has blocks of whole leading indices that
+# own their columns; (2, 300, 520) has blocks that run from one matrix into
+# the next.
 SHAPES = [(257,), (33, 65), (1, 300), (300, 1), (3, 40, 50), (16, 8, 3, 3), (40, 3, 50, 2),
-          (37, 300), (150, 520), (20, 3, 45, 50)]
+          (37, 300), (150, 520), (20, 3, 45, 50), (2, 300, 520)]
 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")

@@ -95,7 +95,8 @@ def run_ours(shape, dtype, n, invalidate, **options):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(300, 520), (64, 32, 3, 3), (13, 7, 3, 3), (5000,), (20, 3, 45, 50)])
+@pytest.mark.parametrize("shape", [(300, 520), (64, 32, 3, 3), (13, 7, 3, 3), (5000,), (20, 3, 45, 50),
+                                   (2, 301, 1003)])
 @pytest.mark.parametrize("options", [{}, {"beta1": 0.9, "weight_decay": 0.01},
                                      {"variant": "transformers"}],
                          ids=["torch", "momentum", "transformers"])

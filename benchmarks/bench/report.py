@@ -539,11 +539,11 @@ def write_docs(results, docs_dir: Path) -> Path:
               "pass (for RMS(param), which the step size needs before the update) unless it "
               "kept that sum from the last pass of the previous step (the parameter "
               "unchanged since, by its version counter): then it moves the floor's 20 bytes "
-              "per parameter, else 24. It wins some back from the "
-              "cache: its second pass takes each thread's blocks last to first, so passes 2 "
-              "and 3 start on what the pass before left in the cache, and it reads several "
-              "rows at once from segments of a block far apart (more streams in flight per "
-              "core than the floor's one).",
+              "per parameter, else 24. Its second pass takes each thread's blocks last to "
+              "first, so passes 2 and 3 start on what the pass before left in the cache, and "
+              "every pass over a large matrix takes one row at a time in memory order (one "
+              "stream per core, as the floor's): on this machine that ran at twice the speed "
+              "of several rows at once (`csrc/kernel/loops.h`, `kRows2`).",
               "- **Peak memory.** `benchmarks/peak_memory.py` (and `bench_step peak`), the "
               "method of `tests/tools/step_peak_memory.py`: in a fresh process, a warm-up "
               "step, then `/proc/self/clear_refs` \"5\" resets the peak RSS, one step, and "

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 
 #include "job.h"
@@ -21,15 +22,21 @@ namespace {
 
 using i64 = std::int64_t;
 constexpr int kLanes = 8;
-// Runs of this many elements of a row, and of kRows1 rows of a column,
-// are summed in the compute type before joining a double sum.
+// Runs of this many elements of a row are summed in the compute type before
+// joining a double sum.
 constexpr i64 kRun = 16 * kLanes;
-// Rows of a matrix taken together in passes 1, 2 and 3: more streams in
-// flight on a core, which on the machines measured moves more bytes per
-// second than one stream does (docs/performance.md).
+// Rows of a small matrix taken together in passes G1 and G2 (Groups), and
+// of a large matrix in passes 1, 2 and 3. A large matrix goes one row at a
+// time, in memory order: one stream per core. On the machine of 2026-12-02
+// (docs/performance.md) a loop that read and wrote four rows at once took
+// twice as long as one that took one row at a time, and a loop that read
+// eight rows at once took twice as long as one that read one.
 constexpr int kRows1 = 8;
-constexpr int kRows2 = 4;
-constexpr int kRows3 = 4;
+constexpr int kRows2 = 1;
+constexpr int kRows3 = 1;
+// Rows of a large matrix whose column sums pass 1 adds up in the compute type
+// before they join the double sums (the col buffer of rows_one_by_one).
+constexpr int kRowsCol = 16;
 // Small-group batches (see Groups): elements per batch.
 constexpr i64 kBatchElems = kGroupMaxElems;
 
@@ -263,22 +270,20 @@ struct Factored {
   }
 
   // Rows of one matrix in a block [u0, u1) can be taken NR at a time from
-  // NR segments of the block, q rows apart, rather than NR neighbours: the
-  // streams then lie far apart in memory, which a core reads faster (more
-  // DRAM banks at work) than neighbouring rows. Returns q, or 0 where the
-  // block is not NR or more rows of one matrix (K == L == 1).
+  // NR segments of the block, q rows apart, rather than NR neighbours.
+  // Returns q, or 0 where the block is not NR or more rows of one matrix
+  // (K == L == 1). With NR == 1 (kRows2, kRows3) that is every row in turn.
   i64 spread(i64 u0, i64 u1, i64 nr) const {
     if (job.L != 1 || job.K != 1 || u1 - u0 < nr || u0 / job.n != (u1 - 1) / job.n) return 0;
     return (u1 - u0) / nr;
   }
 
-  // Pass 1 over NR rows of m elements, sr rows apart (row r at g + r * sr *
-  // m), that share their columns: G^2 (+ add) summed along each row into
-  // rows[r * sr] and, over the NR rows,
-  // added into the double column sums colp. NR rows at once read NR streams
-  // (more memory parallelism than one) and touch colp once per NR rows. One
-  // accumulator per row keeps the adds off one dependency chain; runs of
-  // kRun join per-lane double sums. The sign is left out: (-g)^2 == g^2.
+  // Pass 1 (small groups, and single rows of lines with K > 1) over NR rows
+  // of m elements, sr rows apart (row r at g + r * sr * m), that share their
+  // columns: G^2 (+ add) summed along each row into rows[r * sr] and, over
+  // the NR rows, added into the double column sums colp. One accumulator per
+  // row keeps the adds off one dependency chain; runs of kRun join per-lane
+  // double sums. The sign is left out: (-g)^2 == g^2.
   template <int NR, bool Eps>
   void rows1(const P* g, double* colp, T add, double* rows, i64 sr = 1) const {
     const i64 m = job.m, rs = sr * m;
@@ -317,6 +322,63 @@ struct Factored {
     for (int r = 0; r < NR; ++r) rows[r * sr] = total[r];
   }
 
+  // Pass 1 over the rows [u0, u1) of matrices (L == K == 1), one row at a
+  // time, in memory order: a single stream, which on the machine measured
+  // (docs/performance.md) a core reads about twice as fast as kRows1 rows
+  // at once. Each row's G^2 (+ add) is summed along the row into row_sums;
+  // down the columns, kRowsCol consecutive rows of one matrix are summed in
+  // the compute type in `col` (first row: written, later rows: added), then
+  // added into the double column sums colp.
+  template <bool Eps>
+  void rows_one_by_one(i64 u0, i64 u1, double* colp, T add) const {
+    const i64 m = job.m;
+    const i64 mv = m - m % kLanes;  // the vectorised part
+    const P* g = grad();
+    const vec<T> vadd = splat<T>(add);
+    std::unique_ptr<T[]> col(new T[m > 0 ? m : 1]);
+    auto flush = [&](double* cp) {
+      for (i64 c = 0; c < mv; c += kLanes) add_into(cp + c, vload<T>(col.get() + c));
+      for (i64 c = mv; c < m; ++c) cp[c] += col[c];
+    };
+    i64 held = 0;          // rows summed in col
+    double* held_cols = nullptr;  // their matrix's column sums
+    for (i64 unit = u0; unit < u1; ++unit) {
+      double* cp = colp + (unit / job.n) * m;
+      if (held > 0 && (held == kRowsCol || cp != held_cols)) {
+        flush(held_cols);
+        held = 0;
+      }
+      const P* row = g + unit * m;
+      T* cs = col.get();
+      const bool first = held == 0;
+      Wide lanes;
+      for (i64 j = 0; j < mv; j += kRun) {
+        const i64 end = j + kRun < mv ? j + kRun : mv;
+        vec<T> acc{};
+        for (i64 c = j; c < end; c += kLanes) {
+          const vec<T> gv = vload<T>(row + c);
+          vec<T> sq = gv * gv;
+          if constexpr (Eps) sq += vadd;
+          acc += sq;
+          const vec<T> cv = first ? sq : vload<T>(cs + c) + sq;
+          std::memcpy(cs + c, &cv, sizeof cv);
+        }
+        lanes.add(acc);
+      }
+      double total = lanes.sum();
+      for (i64 c = mv; c < m; ++c) {
+        const T gv = load<T>(row, c);
+        const T sq = gv * gv + add;
+        total += sq;
+        cs[c] = first ? sq : cs[c] + sq;
+      }
+      job.row_sums[unit] = total;
+      held_cols = cp;
+      ++held;
+    }
+    if (held > 0) flush(held_cols);
+  }
+
   // Pass 1: G^2 (+ eps1 for the transformers variant) summed along rows into
   // row_sums and along columns into this block's column sums (or, with
   // cols_owned, into the block's own range of one array).
@@ -337,26 +399,19 @@ struct Factored {
     for (i64 c = c0; c < c1; ++c) colp[c] = 0;
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const P* g = grad();
-    // kRows1 rows from `unit` on, sr rows apart (L == 1).
-    auto several = [&](i64 unit, i64 col_base, i64 sr) {
+    if (job.L == 1 && job.K == 1) {
       if (job.torch_variant) {
-        rows1<kRows1, false>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, sr);
+        rows_one_by_one<false>(u0, u1, colp, add);
       } else {
-        rows1<kRows1, true>(g + unit * job.m, colp + col_base, add, job.row_sums + unit, sr);
+        rows_one_by_one<true>(u0, u1, colp, add);
       }
-    };
-    const i64 q = spread(u0, u1, kRows1);
-    for (i64 r = 0; r < q; ++r) several(u0 + r, ((u0 + r) / job.n) * job.m, q);
-    for (i64 unit = u0 + q * kRows1; unit < u1;) {
+      return;
+    }
+    for (i64 unit = u0; unit < u1;) {
       i64 o, i, k;
       unit_index(unit, o, i, k);
       const i64 col_base = (o * job.K + k) * job.m * job.L;
       const i64 base = unit * job.m * job.L;
-      if (job.L == 1 && job.K == 1 && unit + kRows1 <= u1 && i + kRows1 <= job.n) {
-        several(unit, col_base, 1);
-        unit += kRows1;
-        continue;
-      }
       if (job.L == 1) {
         rows1<1, true>(g + base, colp + col_base, add, job.row_sums + unit);
       } else {
@@ -426,10 +481,10 @@ struct Factored {
 
   // Pass 2: the sums of U^2 (WithU) and of param^2 (WithP; for RMS(param),
   // needed only from pass 3 on). Reading the parameter here rather than in
-  // pass 1 gives this pass two streams, and pass 3 finds the end of the block
-  // freshly read. NR rows of one matrix at a time, each with its own row
-  // factor. The param^2 sums take the same steps whether or not WithU: pass
-  // 3 repeats them on the rows it has written (param_sq_next).
+  // pass 1 lets pass 3 find the end of the block freshly read. NR rows of one
+  // matrix at a time, each with its own row factor. The param^2 sums take
+  // the same steps whether or not WithU: pass 3 repeats them on the rows it
+  // writes (param_sq_next), as it writes them or by reading them back.
   template <int NR, bool WithU = true, bool WithP = true>
   void rows2(const P* g, const P* p, const T* R, const T* C, Wide& usq_lanes,
              Wide& psq_lanes, double* usq, double* psq, i64 sr = 1) const {
@@ -687,11 +742,15 @@ struct Factored {
   bool vectors() const { return !job.stochastic_rounding && !job.momentum_bf16 && !job.caution; }
 
   // NR rows of len elements sr rows apart (row r at base + r * sr * len, row
-  // factor R[r * sr]) with no clamping: the common case, NR rows at once for
-  // more streams in flight.
+  // factor R[r * sr]) with no clamping: the common case.
+  //
+  // With psq_lanes (one row, P == T, vectors()), the new param^2 of the row
+  // is summed as it is written, in the order of rows2's param^2 sums (runs
+  // of kRun in the compute type, then per-lane doubles), so that the sum is
+  // the one a re-read of the row would give.
   template <int NR, int Order, bool Momentum, bool Decay>
   void rows3(P* p, const P* g, S* m, i64 base, i64 len, const T* R, const T* C,
-             i64 sr) const {
+             i64 sr, Wide* psq_lanes, double* psq) const {
     const i64 rs = sr * len;
     const Tail<Order, Momentum, Decay> tail(*this);
     const T s = sign();
@@ -699,11 +758,26 @@ struct Factored {
     if (vectors()) {
       vec<T> vsr[NR];
       for (int r = 0; r < NR; ++r) vsr[r] = splat<T>(s * R[r * sr]);
-      for (; x + kLanes <= len; x += kLanes) {
-        const vec<T> cv = vload<T>(C + x);
-        for (int r = 0; r < NR; ++r) {
-          const i64 idx = base + r * rs + x;
-          tail.lanes(p, m, idx, vsr[r] * vload<T>(g + idx) * cv);
+      if (NR == 1 && psq_lanes) {
+        const i64 mv = len - len % kLanes;
+        for (i64 run = 0; run < mv; run += kRun) {
+          const i64 end = run + kRun < mv ? run + kRun : mv;
+          vec<T> q{};
+          for (x = run; x < end; x += kLanes) {
+            const vec<T> pv =
+                tail.lanes(p, m, base + x, vsr[0] * vload<T>(g + base + x) * vload<T>(C + x));
+            q += pv * pv;
+          }
+          psq_lanes->add(q);
+        }
+        x = mv;
+      } else {
+        for (; x + kLanes <= len; x += kLanes) {
+          const vec<T> cv = vload<T>(C + x);
+          for (int r = 0; r < NR; ++r) {
+            const i64 idx = base + r * rs + x;
+            tail.lanes(p, m, idx, vsr[r] * vload<T>(g + idx) * cv);
+          }
         }
       }
     }
@@ -711,6 +785,10 @@ struct Factored {
       for (i64 y = x; y < len; ++y) {
         const i64 idx = base + r * rs + y;
         tail.one(p, m, idx, s * R[r * sr] * load<T>(g, idx) * C[y]);
+        if (NR == 1 && psq_lanes) {
+          const T pv = load<T>(p, idx);
+          psq[y % kLanes] += static_cast<double>(pv) * pv;
+        }
       }
     }
   }
@@ -745,7 +823,8 @@ struct Factored {
     }
   }
 
-  using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*, i64) const;
+  using RowsFn = void (Factored::*)(P*, const P*, S*, i64, i64, const T*, const T*, i64, Wide*,
+                                    double*) const;
   template <int NR, int Order>
   RowsFn pick_rows3_of() const {
     if (job.momentum) return job.weight_decay ? &Factored::rows3<NR, Order, true, true> : &Factored::rows3<NR, Order, true, false>;
@@ -771,12 +850,18 @@ struct Factored {
     const T s = sign();
     const RowsFn one = pick_rows3<1>(), several = pick_rows3<kRows3>();
     const bool sums = job.param_sq_next && !job.clamp;
+    // Summed as written where the stored value is the computed one.
+    const bool as_written = sums && vectors() && std::is_same_v<P, T>;
     Wide psq_lanes;
     double psq[kLanes] = {};
     walk<kRows3>(
         block, job.clamp,
         [&](i64 base, const T* R, const T* C, i64 nr, i64 sr) {
-          (this->*(nr == kRows3 ? several : one))(p, g, m, base, job.m, R, C, sr);
+          if (as_written && nr == 1) {
+            (this->*one)(p, g, m, base, job.m, R, C, sr, &psq_lanes, psq);
+            return;
+          }
+          (this->*(nr == kRows3 ? several : one))(p, g, m, base, job.m, R, C, sr, nullptr, nullptr);
           if (sums) psq_rows(p + base, nr, sr, psq_lanes, psq);
         },
         [&](i64 at, i64 len, const T* R, i64 rstride, const T* C) {
@@ -1262,7 +1347,8 @@ struct Groups {
         for (i64 i = 0; i < n;) {
           const i64 nr = i + kRows3 <= n ? kRows3 : 1;
           (f.*(nr == kRows3 ? several : one))(p, g, mom, base + (gi * n + i) * m, m,
-                                              w.rf + gi * n + i, w.cf + gi * m, 1);
+                                              w.rf + gi * n + i, w.cf + gi * m, 1, nullptr,
+                                              nullptr);
           i += nr;
         }
       }
