@@ -137,7 +137,11 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
   // destruction remove exactly this optimizer's hooks. Throws
   // c10::ValueError for accumulate_steps < 1, or for a parameter that
   // already has a post-accumulate-grad hook or whose gradient a
-  // distributed::DataParallel averages after backward (step_in_backward.h).
+  // distributed::DataParallel averages after backward. Later, a backward pass
+  // fails with the reason when a parameter's hook slot was taken by another
+  // hook (step() too), when a parameter gets a second gradient within one
+  // pass, or, with accumulate_steps > 1, when a backward pass begins while
+  // another is running (step_in_backward.h words every refusal).
   virtual void set_step_in_backward(bool on, std::int64_t accumulate_steps = 1);
   bool step_in_backward() const { return in_backward_ != nullptr; }
   std::int64_t accumulate_steps() const;
