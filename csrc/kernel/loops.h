@@ -25,15 +25,19 @@ constexpr int kLanes = 8;
 // Runs of this many elements of a row are summed in the compute type before
 // joining a double sum.
 constexpr i64 kRun = 16 * kLanes;
-// Rows of a small matrix taken together in passes G1 and G2 (Groups), and
-// of a large matrix in passes 1, 2 and 3. A large matrix goes one row at a
-// time, in memory order: one stream per core. On the machine of 2026-12-02
+// Rows of a large matrix taken together in passes 2 and 3 (pass 1 takes
+// one too: rows_one_by_one). A large matrix goes one row at a time, in
+// memory order: one stream per core. On the machine of 2026-12-02
 // (docs/performance.md) a loop that read and wrote four rows at once took
 // twice as long as one that took one row at a time, and a loop that read
 // eight rows at once took twice as long as one that read one.
-constexpr int kRows1 = 8;
 constexpr int kRows2 = 1;
 constexpr int kRows3 = 1;
+// Rows of a small matrix (Groups, from cache) taken together in its first
+// pass (kRows1) and in its sums of U^2 and its update (kGroupRows): fewer
+// calls per row, and more independent adds.
+constexpr int kRows1 = 8;
+constexpr int kGroupRows = 4;
 // Rows of a large matrix whose column sums pass 1 adds up in the compute type
 // before they join the double sums (the col buffer of rows_one_by_one).
 constexpr int kRowsCol = 16;
@@ -1301,9 +1305,9 @@ struct Groups {
         for (i64 i = 0; i < n;) {
           const i64 at = (gi * n + i) * m;
           const T* R = w.rf + gi * n + i;
-          if (i + kRows2 <= n) {
-            f.template rows2<kRows2, true, false>(gb + at, nullptr, R, w.cf + gi * m, usq_lanes, unused, usq, nullptr);
-            i += kRows2;
+          if (i + kGroupRows <= n) {
+            f.template rows2<kGroupRows, true, false>(gb + at, nullptr, R, w.cf + gi * m, usq_lanes, unused, usq, nullptr);
+            i += kGroupRows;
           } else {
             f.template rows2<1, true, false>(gb + at, nullptr, R, w.cf + gi * m, usq_lanes, unused, usq, nullptr);
             i += 1;
@@ -1334,7 +1338,7 @@ struct Groups {
   void batch2(i64 ob, i64 nb, Scratch& w) const {
     const Factored<P, S> f{job};
     const auto span = f.pick_span3();
-    const auto one = f.template pick_rows3<1>(), several = f.template pick_rows3<kRows3>();
+    const auto one = f.template pick_rows3<1>(), several = f.template pick_rows3<kGroupRows>();
     const P* g = static_cast<const P*>(job.grad);
     P* p = static_cast<P*>(job.param);
     S* mom = static_cast<S*>(job.exp_avg);
@@ -1345,8 +1349,8 @@ struct Groups {
       const i64 n = rows(), m = cols();
       for (i64 gi = 0; gi < nb; ++gi) {
         for (i64 i = 0; i < n;) {
-          const i64 nr = i + kRows3 <= n ? kRows3 : 1;
-          (f.*(nr == kRows3 ? several : one))(p, g, mom, base + (gi * n + i) * m, m,
+          const i64 nr = i + kGroupRows <= n ? kGroupRows : 1;
+          (f.*(nr == kGroupRows ? several : one))(p, g, mom, base + (gi * n + i) * m, m,
                                               w.rf + gi * n + i, w.cf + gi * m, 1, nullptr,
                                               nullptr);
           i += nr;
