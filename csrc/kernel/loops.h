@@ -27,10 +27,10 @@ constexpr int kLanes = 8;
 constexpr i64 kRun = 16 * kLanes;
 // Rows of a large matrix taken together in passes 2 and 3 (pass 1 takes
 // one too: rows_one_by_one). A large matrix goes one row at a time, in
-// memory order: one stream per core. On the machine of 2026-12-02
-// (docs/performance.md) a loop that read and wrote four rows at once took
-// twice as long as one that took one row at a time, and a loop that read
-// eight rows at once took twice as long as one that read one.
+// memory order: one stream per core. On the machine of 2026-12-02, a loop
+// that read and wrote four rows at once took twice as long as one that took
+// one row at a time, and a loop that read eight rows at once twice as long
+// as one that read one (benchmarks/cpp/row_streams.cpp times both).
 constexpr int kRows2 = 1;
 constexpr int kRows3 = 1;
 // Rows of a small matrix (Groups, from cache) taken together in its first
@@ -328,8 +328,8 @@ struct Factored {
 
   // Pass 1 over the rows [u0, u1) of matrices (L == K == 1), one row at a
   // time, in memory order: a single stream, which on the machine measured
-  // (docs/performance.md) a core reads about twice as fast as kRows1 rows
-  // at once. Each row's G^2 (+ add) is summed along the row into row_sums;
+  // (benchmarks/cpp/row_streams.cpp) a core read about twice as fast as
+  // eight rows at once. Each row's G^2 (+ add) is summed along the row into row_sums;
   // down the columns, kRowsCol consecutive rows of one matrix are summed in
   // the compute type in `col` (first row: written, later rows: added), then
   // added into the double column sums colp.
