@@ -329,10 +329,10 @@ struct Factored {
   // Pass 1 over the rows [u0, u1) of matrices (L == K == 1), one row at a
   // time, in memory order: a single stream, which on the machine measured
   // (benchmarks/cpp/row_streams.cpp) a core read about twice as fast as
-  // eight rows at once. Each row's G^2 (+ add) is summed along the row into row_sums;
-  // down the columns, kRowsCol consecutive rows of one matrix are summed in
-  // the compute type in `col` (first row: written, later rows: added), then
-  // added into the double column sums colp.
+  // eight rows at once. Each row's G^2 (+ add) is summed along the row into
+  // row_sums; down the columns, kRowsCol consecutive rows of one matrix are
+  // summed in the compute type in `col` (first row: written, later rows:
+  // added), then added into the double column sums colp.
   template <bool Eps>
   void rows_one_by_one(i64 u0, i64 u1, double* colp, T add) const {
     const i64 m = job.m;
@@ -344,7 +344,7 @@ struct Factored {
       for (i64 c = 0; c < mv; c += kLanes) add_into(cp + c, vload<T>(col.get() + c));
       for (i64 c = mv; c < m; ++c) cp[c] += col[c];
     };
-    i64 held = 0;          // rows summed in col
+    i64 held = 0;                 // rows summed in col
     double* held_cols = nullptr;  // their matrix's column sums
     for (i64 unit = u0; unit < u1; ++unit) {
       double* cp = colp + (unit / job.n) * m;
