@@ -542,8 +542,9 @@ def write_docs(results, docs_dir: Path) -> Path:
               "per parameter, else 24. Its second pass takes each thread's blocks last to "
               "first, so passes 2 and 3 start on what the pass before left in the cache, and "
               "every pass over a large matrix takes one row at a time in memory order (one "
-              "stream per core, as the floor's): on this machine that ran at twice the speed "
-              "of several rows at once (`csrc/kernel/loops.h`, `kRows2`).",
+              "stream per core, as the floor's): on the machine of 2026-12-02 that ran at "
+              "twice the speed of several rows at once (`benchmarks/cpp/row_streams.cpp` "
+              "times the patterns).",
               "- **Peak memory.** `benchmarks/peak_memory.py` (and `bench_step peak`), the "
               "method of `tests/tools/step_peak_memory.py`: in a fresh process, a warm-up "
               "step, then `/proc/self/clear_refs` \"5\" resets the peak RSS, one step, and "
