@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <type_traits>
+#include <utility>
 
 #include "job.h"
 
@@ -988,22 +989,64 @@ struct Groups {
     c = __builtin_shufflevector(__builtin_shufflevector(m0, m1, 8, 1, 2, 11, 4, 5, 14, 7), m2,
                                 0, 9, 2, 3, 12, 5, 6, 15);
   }
-  // Memory order (x[t] = elements 8t..8t+7) to E, and back.
-  [[gnu::always_inline]] static void to_lanes(const V* x, V* E) {
-    V d[3][3];  // d[j][t]: elements 24 t + 3 l + j
-    for (int t = 0; t < 3; ++t) deinterleave3(x[3 * t], x[3 * t + 1], x[3 * t + 2], d[0][t], d[1][t], d[2][t]);
-    for (int j = 0; j < 3; ++j) deinterleave3(d[j][0], d[j][1], d[j][2], E[j], E[3 + j], E[6 + j]);
-  }
-  [[gnu::always_inline]] static void from_lanes(const V* E, V* x) {
-    V d[3][3];
-    for (int j = 0; j < 3; ++j) interleave3(E[j], E[3 + j], E[6 + j], d[j][0], d[j][1], d[j][2]);
-    for (int t = 0; t < 3; ++t) interleave3(d[0][t], d[1][t], d[2][t], x[3 * t], x[3 * t + 1], x[3 * t + 2]);
+  // Memory order to E: the groups' first eight elements, read as eight
+  // overlapping rows (group k from element 9 k), make an 8 x 8 transpose;
+  // E[8] is lane k of the aligned vector k + 1 (9 k + 8 = 8 (k + 1) + k),
+  // by blends. Fewer shuffles than transposing the aligned vectors by 3-way
+  // steps, for a few more loads from cache.
+  template <int K, std::size_t... L>
+  [[gnu::always_inline]] static V take_lane(V a, V b, std::index_sequence<L...>) {
+    return __builtin_shufflevector(a, b, (int(L) == K ? kLanes + int(L) : int(L))...);
   }
   template <class X>
   [[gnu::always_inline]] static void load9(const X* p, V* E) {
-    V x[9];
-    for (int t = 0; t < 9; ++t) x[t] = vload<T>(p + t * kLanes);
-    to_lanes(x, E);
+    V r[8];
+    for (int k = 0; k < 8; ++k) r[k] = vload<T>(p + 9 * k);
+    V t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+      t[k] = __builtin_shufflevector(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+      t[k + 1] = __builtin_shufflevector(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int k = 0; k < 8; k += 4) {
+      u[k] = __builtin_shufflevector(t[k], t[k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[k + 1] = __builtin_shufflevector(t[k], t[k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+      u[k + 2] = __builtin_shufflevector(t[k + 1], t[k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[k + 3] = __builtin_shufflevector(t[k + 1], t[k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int e = 0; e < 4; ++e) {
+      E[e] = __builtin_shufflevector(u[e], u[e + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+      E[e + 4] = __builtin_shufflevector(u[e], u[e + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+    constexpr auto all = std::make_index_sequence<kLanes>{};
+    V last = vload<T>(p + kLanes);
+    last = take_lane<1>(last, vload<T>(p + 2 * kLanes), all);
+    last = take_lane<2>(last, vload<T>(p + 3 * kLanes), all);
+    last = take_lane<3>(last, vload<T>(p + 4 * kLanes), all);
+    last = take_lane<4>(last, vload<T>(p + 5 * kLanes), all);
+    last = take_lane<5>(last, vload<T>(p + 6 * kLanes), all);
+    last = take_lane<6>(last, vload<T>(p + 7 * kLanes), all);
+    E[8] = take_lane<7>(last, vload<T>(p + 8 * kLanes), all);
+  }
+  // Values per row (or per column) of eight groups, in the order of the
+  // statistics (x[3 k + i], three vectors), spread over the 72 elements in
+  // memory order: vector t of spread<t, true> holds x[e / 3] at element e
+  // (9 k + 3 i + j); of spread<t, false>, x[3 (e / 9) + e % 3]. One permute
+  // a vector, or two and a blend where it takes two of x.
+  static constexpr int spread_index(bool by_row, int e) { return by_row ? e / 3 : 3 * (e / 9) + e % 3; }
+  template <int Vt, bool ByRow, std::size_t... L>
+  [[gnu::always_inline]] static V spread_of(const V* x, std::index_sequence<L...>) {
+    constexpr int lo = spread_index(ByRow, kLanes * Vt) / kLanes;
+    constexpr int hi = spread_index(ByRow, kLanes * Vt + kLanes - 1) / kLanes;
+    return __builtin_shufflevector(x[lo], x[hi], (spread_index(ByRow, kLanes * Vt + int(L)) - kLanes * lo)...);
+  }
+  template <int Vt, bool ByRow>
+  [[gnu::always_inline]] static V spread(const V* x) {
+    return spread_of<Vt, ByRow>(x, std::make_index_sequence<kLanes>{});
+  }
+  // The factors in memory order: f[t] = a (by row) * b (by column).
+  template <std::size_t... Vt>
+  [[gnu::always_inline]] static void spread_factors(const V* a, const V* b, V* f, std::index_sequence<Vt...>) {
+    ((f[Vt] = spread<int(Vt), true>(a) * spread<int(Vt), false>(b)), ...);
   }
   // The three rows (or columns) of eight groups' statistics: 24 values.
   [[gnu::always_inline]] static void load_stats(const S* s, V* out) {
@@ -1051,26 +1094,19 @@ struct Groups {
     return min_row * min_col >= splat<T>(eps1 * eps1) * mean;
   }
 
-  // The factors of eight groups from their statistics as stored (R, C):
-  // F[3 i + j] = (s * rf_i) * cf_j, with rf_i = sqrt(mean_rows / R_i) and
-  // cf_j = 1 / sqrt(C_j), so that U = F * G element by element, in either
-  // layout. Returns the lanes (groups) where torch's floor V >= eps1^2 can
-  // bite, as bits; their U is then formed element by element (floored()).
-  unsigned factors8(const V* R, const V* C, V* F, V& mean) const {
-    const T s = job.maximize ? T(-1) : T(1);
-    mean = row_mean(R);
-    V srf[3], cf[3];
-    for (int i = 0; i < 3; ++i) srf[i] = splat<T>(s) * vsqrt<T>(mean / R[i]);
-    for (int j = 0; j < 3; ++j) cf[j] = splat<T>(T(1)) / vsqrt<T>(C[j]);
-    for (int i = 0; i < 3; ++i) {
-      for (int j = 0; j < 3; ++j) F[3 * i + j] = srf[i] * cf[j];
-    }
-    if (!job.torch_variant) return 0;
-    const auto fine = unfloored(R, C, mean);
-    if (all_lanes(fine)) return 0;
-    unsigned clamped = 0;
-    for (int l = 0; l < kLanes; ++l) clamped |= fine[l] ? 0u : 1u << l;
-    return clamped;
+  // A cheaper test that unfloored() holds in every lane: the smallest
+  // column of all eight groups stands for each group's (no larger, and
+  // rounding is monotonic), and the columns hold no NaN, which unfloored()'s
+  // minimum can keep where this one drops it. c: the columns as stored.
+  bool surely_unfloored(const V* R, const V* c, const V& mean) const {
+    V m = c[1] < c[0] ? c[1] : c[0];
+    m = c[2] < m ? c[2] : m;
+    m = __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3) < m ? __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3) : m;
+    m = __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5) < m ? __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5) : m;
+    m = __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6) < m ? __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6) : m;
+    if (!all_lanes((c[0] == c[0]) & (c[1] == c[1]) & (c[2] == c[2]))) return false;
+    const V C[3] = {m, m, m};
+    return all_lanes(unfloored(R, C, mean));
   }
   // U of element e of the group in lane l where the floor can bite: torch's
   // V = ratio * col, floored, element by element (as update()).
@@ -1097,10 +1133,15 @@ struct Groups {
     load_stats(col, C);
     const V third = splat<T>(T(1) / T(3));
     V rs[3], cs[3];
-    for (int i = 0; i < 3; ++i) {
-      rs[i] = (((g2[3 * i] + add) + (g2[3 * i + 1] + add)) + (g2[3 * i + 2] + add)) * third;
+    if (job.torch_variant) {  // x + 0 == x for the squares: the adds go
+      for (int i = 0; i < 3; ++i) rs[i] = ((g2[3 * i] + g2[3 * i + 1]) + g2[3 * i + 2]) * third;
+      for (int j = 0; j < 3; ++j) cs[j] = ((g2[j] + g2[3 + j]) + g2[6 + j]) * third;
+    } else {
+      for (int i = 0; i < 3; ++i) {
+        rs[i] = (((g2[3 * i] + add) + (g2[3 * i + 1] + add)) + (g2[3 * i + 2] + add)) * third;
+      }
+      for (int j = 0; j < 3; ++j) cs[j] = (((g2[j] + add) + (g2[3 + j] + add)) + (g2[6 + j] + add)) * third;
     }
-    for (int j = 0; j < 3; ++j) cs[j] = (((g2[j] + add) + (g2[3 + j] + add)) + (g2[6 + j] + add)) * third;
     if (job.stats_lerp) {
       const T wt = static_cast<T>(job.lerp_weight);
       for (int i = 0; i < 3; ++i) R[i] = vlerp(R[i], rs[i], wt);
@@ -1144,16 +1185,34 @@ struct Groups {
     usq_lanes.add(a);
   }
 
-  // G2 for groups o .. o + 7: the factors go back to memory order, where
-  // they meet the gradient and the parameter.
+  // G2 for groups o .. o + 7, in memory order: the factors s * sqrt(mean /
+  // R_i) and 1 / sqrt(C_j) are formed in the order of the statistics
+  // (mean: by lanes, then spread by row), and spread over the elements,
+  // where they meet the gradient and the parameter. Where torch's floor
+  // can bite (bits of clamped), U is formed element by element.
   template <class Tail>
   void lanes2(i64 o, const Tail& tail, bool vectors, Wide* psq) const {
     const i64 base = o * 9;
-    V R[3], C[3], F[9], f[9], mean;
-    load_stats(static_cast<const S*>(job.row_var) + o * 3, R);
-    load_stats(static_cast<const S*>(job.col_var) + o * 3, C);
-    const unsigned clamped = factors8(R, C, F, mean);
-    from_lanes(F, f);
+    const S* rowp = static_cast<const S*>(job.row_var) + o * 3;
+    const S* colp = static_cast<const S*>(job.col_var) + o * 3;
+    V r[3], c[3], R[3], C[3], f[9];
+    for (int v = 0; v < 3; ++v) {
+      r[v] = vload<T>(rowp + v * kLanes);
+      c[v] = vload<T>(colp + v * kLanes);
+    }
+    deinterleave3(r[0], r[1], r[2], R[0], R[1], R[2]);
+    const V mean = row_mean(R);
+    const V sign = splat<T>(job.maximize ? T(-1) : T(1)), one = splat<T>(T(1));
+    const V a[3] = {sign * vsqrt<T>(spread<0, true>(&mean) / r[0]), sign * vsqrt<T>(spread<1, true>(&mean) / r[1]),
+                    sign * vsqrt<T>(spread<2, true>(&mean) / r[2])};
+    const V b[3] = {one / vsqrt<T>(c[0]), one / vsqrt<T>(c[1]), one / vsqrt<T>(c[2])};
+    spread_factors(a, b, f, std::make_index_sequence<9>{});
+    unsigned clamped = 0;
+    if (job.torch_variant && !surely_unfloored(R, c, mean)) {
+      deinterleave3(c[0], c[1], c[2], C[0], C[1], C[2]);
+      const auto fine = unfloored(R, C, mean);
+      for (int l = 0; l < kLanes; ++l) clamped |= fine[l] ? 0u : 1u << l;
+    }
     const P* g = static_cast<const P*>(job.grad) + base;
     V u[9];
     for (int t = 0; t < 9; ++t) u[t] = f[t] * vload<T>(g + t * kLanes);
