@@ -1098,7 +1098,7 @@ struct Groups {
   // column of all eight groups stands for each group's (no larger, and
   // rounding is monotonic), and the columns hold no NaN, which unfloored()'s
   // minimum can keep where this one drops it. c: the columns as stored.
-  bool surely_unfloored(const V* R, const V* c, const V& mean) const {
+  [[gnu::always_inline]] bool surely_unfloored(const V* R, const V* c, const V& mean) const {
     V m = c[1] < c[0] ? c[1] : c[0];
     m = c[2] < m ? c[2] : m;
     m = __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3) < m ? __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3) : m;
@@ -1116,12 +1116,19 @@ struct Groups {
     return floored_update(s * gv, ratio * C[e % 3][l], static_cast<T>(job.eps1));
   }
 
-  // G1 for groups o .. o + 7. Only the squares of the gradient stay live (in
-  // registers, nine vectors): the gradient itself is read again from memory
-  // in the rare groups where the floor bites.
-  void lanes1(i64 o, Wide& usq_lanes) const {
+  // Batches of eight groups that each pass takes a step ahead (see lanes2).
+  static constexpr i64 kAhead = 4;
+  // G1 for groups o .. o + 7, in two steps, as pass 2 (lanes2): stats1
+  // reads the gradient and updates the statistics, keeping the squares of
+  // the gradient and the new statistics (by lanes) in w; usq1 sums U^2 from
+  // them. The gradient itself is read again from memory in the rare groups
+  // where the floor bites.
+  struct Lanes1 {
+    V g2[9], R[3], C[3];
+  };
+  [[gnu::always_inline]] void stats1(i64 o, Lanes1& w) const {
     const P* grad = static_cast<const P*>(job.grad) + o * 9;
-    V g2[9];
+    V* g2 = w.g2;
     load9(grad, g2);
     for (int e = 0; e < 9; ++e) g2[e] = g2[e] * g2[e];
     // The statistics sum g^2 (torch) or g^2 + eps1 (the others).
@@ -1158,6 +1165,12 @@ struct Groups {
       load_stats(row, R);
       load_stats(col, C);
     }
+    for (int i = 0; i < 3; ++i) w.R[i] = R[i], w.C[i] = C[i];
+  }
+  [[gnu::always_inline]] void usq1(i64 o, const Lanes1& w, Wide& usq_lanes) const {
+    const V* g2 = w.g2;
+    const V* R = w.R;
+    const V* C = w.C;
     // sum U^2 = sum_ij F_ij^2 G_ij^2 with F_ij^2 = (mean / R_i) / C_j, taken
     // before the square roots that pass G2 rounds F through: no square
     // roots here, and the same sum to a few ulps.
@@ -1172,6 +1185,7 @@ struct Groups {
     if (job.torch_variant) {
       // Groups where torch's floor can bite: U element by element.
       const auto fine = unfloored(R, C, mean);
+      const P* grad = static_cast<const P*>(job.grad) + o * 9;
       for (int l = 0; !all_lanes(fine) && l < kLanes; ++l) {
         if (fine[l]) continue;
         T sum = 0;
@@ -1184,49 +1198,84 @@ struct Groups {
     }
     usq_lanes.add(a);
   }
+  void lanes1(i64 o, i64 batches, Wide& usq_lanes) const {
+    Lanes1 w[kAhead];
+    for (i64 b = 0; b < batches; b += kAhead) {
+      const i64 nb = batches - b < kAhead ? batches - b : kAhead;
+      for (i64 c = 0; c < nb; ++c) stats1(o + (b + c) * kLanes, w[c]);
+      for (i64 c = 0; c < nb; ++c) usq1(o + (b + c) * kLanes, w[c], usq_lanes);
+    }
+  }
 
-  // G2 for groups o .. o + 7, in memory order: the factors s * sqrt(mean /
-  // R_i) and 1 / sqrt(C_j) are formed in the order of the statistics
-  // (mean: by lanes, then spread by row), and spread over the elements,
-  // where they meet the gradient and the parameter. Where torch's floor
-  // can bite (bits of clamped), U is formed element by element.
-  template <class Tail>
-  void lanes2(i64 o, const Tail& tail, bool vectors, Wide* psq) const {
-    const i64 base = o * 9;
+  // G2 for groups o .. o + 7, in memory order, in two steps. factors2 forms
+  // the factors s * sqrt(mean / R_i) and 1 / sqrt(C_j) in the order of the
+  // statistics (mean: by lanes, then spread by row) and spreads them over
+  // the elements (f, nine vectors); it returns the lanes (groups) where
+  // torch's floor V >= eps1^2 can bite, as bits. apply2 meets them with the
+  // gradient and the parameter, U element by element where the floor bites.
+  // pass2 forms the factors of several batches before it applies them:
+  // each is a long chain of dependent steps (divisions, square roots), and
+  // the batches' chains then overlap.
+  [[gnu::always_inline]] void stats2(i64 o, V* R, V* C, V& mean, bool columns) const {
     const S* rowp = static_cast<const S*>(job.row_var) + o * 3;
     const S* colp = static_cast<const S*>(job.col_var) + o * 3;
-    V r[3], c[3], R[3], C[3], f[9];
+    deinterleave3(vload<T>(rowp), vload<T>(rowp + kLanes), vload<T>(rowp + 2 * kLanes), R[0], R[1], R[2]);
+    if (columns) deinterleave3(vload<T>(colp), vload<T>(colp + kLanes), vload<T>(colp + 2 * kLanes), C[0], C[1], C[2]);
+    mean = row_mean(R);
+  }
+  [[gnu::always_inline]] unsigned factors2(i64 o, V* f) const {
+    const S* rowp = static_cast<const S*>(job.row_var) + o * 3;
+    const S* colp = static_cast<const S*>(job.col_var) + o * 3;
+    V r[3], c[3], R[3], C[3], mean;
     for (int v = 0; v < 3; ++v) {
       r[v] = vload<T>(rowp + v * kLanes);
       c[v] = vload<T>(colp + v * kLanes);
     }
     deinterleave3(r[0], r[1], r[2], R[0], R[1], R[2]);
-    const V mean = row_mean(R);
+    mean = row_mean(R);
     const V sign = splat<T>(job.maximize ? T(-1) : T(1)), one = splat<T>(T(1));
     const V a[3] = {sign * vsqrt<T>(spread<0, true>(&mean) / r[0]), sign * vsqrt<T>(spread<1, true>(&mean) / r[1]),
                     sign * vsqrt<T>(spread<2, true>(&mean) / r[2])};
     const V b[3] = {one / vsqrt<T>(c[0]), one / vsqrt<T>(c[1]), one / vsqrt<T>(c[2])};
     spread_factors(a, b, f, std::make_index_sequence<9>{});
+    if (!job.torch_variant || surely_unfloored(R, c, mean)) return 0;
+    deinterleave3(c[0], c[1], c[2], C[0], C[1], C[2]);
+    const auto fine = unfloored(R, C, mean);
     unsigned clamped = 0;
-    if (job.torch_variant && !surely_unfloored(R, c, mean)) {
-      deinterleave3(c[0], c[1], c[2], C[0], C[1], C[2]);
-      const auto fine = unfloored(R, C, mean);
-      for (int l = 0; l < kLanes; ++l) clamped |= fine[l] ? 0u : 1u << l;
-    }
+    for (int l = 0; l < kLanes; ++l) clamped |= fine[l] ? 0u : 1u << l;
+    return clamped;
+  }
+  template <class Tail>
+  [[gnu::always_inline]] void apply2(i64 o, const V* f, unsigned clamped, const Tail& tail, bool vectors,
+                                     Wide* psq) const {
+    const i64 base = o * 9;
     const P* g = static_cast<const P*>(job.grad) + base;
-    V u[9];
-    for (int t = 0; t < 9; ++t) u[t] = f[t] * vload<T>(g + t * kLanes);
-    for (int l = 0; clamped && l < kLanes; ++l) {
-      if (!(clamped >> l & 1u)) continue;
-      for (int e = 0; e < 9; ++e) {
-        const int x = 9 * l + e;
-        u[x / kLanes][x % kLanes] = floored(load<T>(g, x), R, C, mean, e, l);
-      }
-    }
     P* p = static_cast<P*>(job.param);
     S* m = static_cast<S*>(job.exp_avg);
-    if (vectors) {
+    if (vectors && !clamped) {
       V q{};  // psq_range's run over these 72 elements, as written
+      for (int t = 0; t < 9; ++t) {
+        const V written = tail.lanes(p, m, base + t * kLanes, f[t] * vload<T>(g + t * kLanes));
+        if (psq) q += written * written;
+      }
+      if (psq) psq->add(q);
+      return;
+    }
+    V u[9];
+    for (int t = 0; t < 9; ++t) u[t] = f[t] * vload<T>(g + t * kLanes);
+    if (clamped) {
+      V R[3], C[3], mean;
+      stats2(o, R, C, mean, true);
+      for (int l = 0; l < kLanes; ++l) {
+        if (!(clamped >> l & 1u)) continue;
+        for (int e = 0; e < 9; ++e) {
+          const int x = 9 * l + e;
+          u[x / kLanes][x % kLanes] = floored(load<T>(g, x), R, C, mean, e, l);
+        }
+      }
+    }
+    if (vectors) {
+      V q{};
       for (int t = 0; t < 9; ++t) {
         const V written = tail.lanes(p, m, base + t * kLanes, u[t]);
         if (psq) q += written * written;
@@ -1236,6 +1285,16 @@ struct Groups {
       for (int t = 0; t < 9; ++t) {
         for (int l = 0; l < kLanes; ++l) tail.one(p, m, base + t * kLanes + l, u[t][l]);
       }
+    }
+  }
+  template <class Tail>
+  void lanes2(i64 o, i64 batches, const Tail& tail, bool vectors, Wide* psq) const {
+    V f[kAhead][9];
+    unsigned clamped[kAhead];
+    for (i64 b = 0; b < batches; b += kAhead) {
+      const i64 nb = batches - b < kAhead ? batches - b : kAhead;
+      for (i64 c = 0; c < nb; ++c) clamped[c] = factors2(o + (b + c) * kLanes, f[c]);
+      for (i64 c = 0; c < nb; ++c) apply2(o + (b + c) * kLanes, f[c], clamped[c], tail, vectors, psq);
     }
   }
 
@@ -1440,7 +1499,8 @@ struct Groups {
       const i64 nb = ob + batch() < o1 ? batch() : o1 - ob;
       i64 done = 0;
       if constexpr (kLaneGroups) {
-        for (; done + kLanes <= nb; done += kLanes) lanes1(ob + done, usq_lanes);
+        lanes1(ob, nb / kLanes, usq_lanes);
+        done = nb / kLanes * kLanes;
       }
       if (done < nb) batch1(ob + done, nb - done, w, usq_lanes, usq);
       if (!job.param_sq_known) psq_range(p + ob * nm, nb * nm, psq_lanes, psq);
@@ -1468,7 +1528,8 @@ struct Groups {
       // the compute type, else read back (from cache).
       const bool streamed = kLaneGroups && std::is_same_v<P, T> && vectors && job.param_sq_next;
       if constexpr (kLaneGroups) {
-        for (; done + kLanes <= nb; done += kLanes) lanes2(ob + done, tail, vectors, streamed ? &psq_lanes : nullptr);
+        lanes2(ob, nb / kLanes, tail, vectors, streamed ? &psq_lanes : nullptr);
+        done = nb / kLanes * kLanes;
       }
       if (done < nb) batch2(ob + done, nb - done, w);
       // The rest starts on a run's boundary (done * 9 is a multiple of 72).
