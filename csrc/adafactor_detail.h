@@ -49,8 +49,9 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
 // fused kernel (true, the default). Process-wide.
 TCLTORCH_API void set_fused_enabled(bool enabled);
 TCLTORCH_API bool fused_enabled();
-// The instruction set the fused loops use: "avx2" or "default" (the
-// TCLTORCH_CPU_CAPABILITY environment variable can lower it to "default").
+// The instruction set the fused loops use: "avx512", "avx2" or "default"
+// (the TCLTORCH_CPU_CAPABILITY environment variable, set to one of these
+// names, caps it; all give the same bits).
 TCLTORCH_API std::string fused_cpu_capability();
 
 }  // namespace tcltorch::detail

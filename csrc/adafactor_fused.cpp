@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <atomic>
@@ -19,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string_view>
 #include <vector>
 
 #include "adafactor_detail.h"
@@ -37,25 +40,55 @@ std::atomic<bool> g_fused_enabled{true};
 using RunFn = void (*)(const Job&, Pass, std::int64_t, std::int64_t, void*);
 using ReduceFn = std::function<void(double*, std::size_t)>;
 
-bool cpu_has_avx2() {
+// The copies of the loops, best first, and whether this CPU runs each.
+struct LoopsCopy {
+  const char* name;  // as TCLTORCH_CPU_CAPABILITY and fused_cpu_capability() spell it
+  RunFn run;
+  bool (*supported)();
+};
+bool cpu_supports_all(std::initializer_list<const char*> features) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
+  for (const char* f : features) {
+    // __builtin_cpu_supports wants a literal: the features are spelled out.
+    const std::string_view v(f);
+    const bool has = v == "avx2"       ? __builtin_cpu_supports("avx2")
+                     : v == "avx512f"  ? __builtin_cpu_supports("avx512f")
+                     : v == "avx512vl" ? __builtin_cpu_supports("avx512vl")
+                     : v == "avx512bw" ? __builtin_cpu_supports("avx512bw")
+                     : v == "avx512dq" ? __builtin_cpu_supports("avx512dq")
+                                       : false;
+    if (!has) return false;
+  }
+  return true;
 #else
+  (void)features;
   return false;
 #endif
 }
+constexpr LoopsCopy kLoopsCopies[] = {
+    {"avx512", &kernel::avx512::run,
+     [] { return cpu_supports_all({"avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq"}); }},
+    {"avx2", &kernel::avx2::run, [] { return cpu_supports_all({"avx2"}); }},
+    {"default", &kernel::base::run, [] { return true; }},
+};
 
-// Chosen once: the AVX2 loops where the CPU has AVX2, unless
-// TCLTORCH_CPU_CAPABILITY=default asks for the portable ones.
-RunFn loops() {
-  static const RunFn chosen = [] {
+// Chosen once: the best copy this CPU runs, or, where TCLTORCH_CPU_CAPABILITY
+// names a copy ("avx2", "default"), the best at or below that one.
+const LoopsCopy& loops_copy() {
+  static const LoopsCopy& chosen = []() -> const LoopsCopy& {
     const char* want = std::getenv("TCLTORCH_CPU_CAPABILITY");
-    const bool portable = want && std::strcmp(want, "default") == 0;
-    return (!portable && cpu_has_avx2()) ? &kernel::avx2::run : &kernel::base::run;
+    const auto named = [&](const LoopsCopy& c) { return want && std::strcmp(want, c.name) == 0; };
+    bool reached = std::none_of(std::begin(kLoopsCopies), std::end(kLoopsCopies), named);
+    for (const auto& c : kLoopsCopies) {
+      reached = reached || named(c);
+      if (reached && c.supported()) return c;
+    }
+    return kLoopsCopies[std::size(kLoopsCopies) - 1];
   }();
   return chosen;
 }
+RunFn loops() { return loops_copy().run; }
 
 std::optional<Dtype> dtype_of(c10::ScalarType t) {
   switch (t) {
@@ -398,7 +431,7 @@ const char* fused_unsupported(const AdafactorOptions& options, c10::ScalarType p
 void set_fused_enabled(bool enabled) { g_fused_enabled.store(enabled); }
 bool fused_enabled() { return g_fused_enabled.load(); }
 std::string fused_cpu_capability() {
-  return loops() == &kernel::avx2::run ? "avx2" : "default";
+  return loops_copy().name;
 }
 
 bool fused_step_applies(const at::Tensor& param, const at::Tensor& grad,

@@ -1,7 +1,7 @@
 // The fused CPU step, as the vector loops see it: plain numbers and raw
 // pointers, no ATen. adafactor_fused.cpp fills a Job from tensors and runs the
 // passes block by block; loops.h holds the loops, compiled once per CPU
-// instruction set (loops_base.cpp, loops_avx2.cpp).
+// instruction set (loops_base.cpp, loops_avx2.cpp, loops_avx512.cpp).
 #pragma once
 
 #include <cstdint>
@@ -118,6 +118,10 @@ void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block
          void* scratch);
 }
 namespace avx2 {
+void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end,
+         void* scratch);
+}
+namespace avx512 {
 void run(const Job& job, Pass pass, std::int64_t block_begin, std::int64_t block_end,
          void* scratch);
 }

@@ -191,11 +191,24 @@ inline void vstore(X* p, vec<T> v) {
 // Eight per-lane double sums, held as two four-lane vectors: what AVX2 holds
 // in two registers (GCC handles a 64-byte vector through memory).
 typedef double d4 __attribute__((vector_size(4 * sizeof(double))));
+// Lanes 0-3 (Half 0) or 4-7 (Half 1) of v, in double (exact). Under AVX one
+// conversion of four lanes: GCC lowers __builtin_convertvector of four
+// floats to four doubles as two conversions of two and an insert.
+template <int Half>
+inline d4 widen(vec<float> v) {
+  typedef float f4 __attribute__((vector_size(4 * sizeof(float))));
+  const f4 h = __builtin_shufflevector(v, v, 4 * Half, 4 * Half + 1, 4 * Half + 2, 4 * Half + 3);
+#if defined(__AVX__)
+  return __builtin_ia32_cvtps2pd256(h);
+#else
+  return __builtin_convertvector(h, d4);
+#endif
+}
 struct Wide {
   d4 lo{}, hi{};
   void add(vec<float> v) {  // exact
-    lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), d4);
-    hi += __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), d4);
+    lo += widen<0>(v);
+    hi += widen<1>(v);
   }
   void add(vec<double> v) {
     lo += __builtin_shufflevector(v, v, 0, 1, 2, 3);
@@ -213,8 +226,8 @@ inline void add_into(double* d, vec<float> v) {
   d4 lo, hi;
   std::memcpy(&lo, d, sizeof lo);
   std::memcpy(&hi, d + 4, sizeof hi);
-  lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), d4);
-  hi += __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), d4);
+  lo += widen<0>(v);
+  hi += widen<1>(v);
   std::memcpy(d, &lo, sizeof lo);
   std::memcpy(d + 4, &hi, sizeof hi);
 }
@@ -893,9 +906,11 @@ struct Factored {
 // parameter for param^2); pass G2 rebuilds the factors from the state, by
 // the same code, and applies the update. Groups are taken in batches of
 // kBatchElems elements at most. 3 x 3 groups (by far the most common) are
-// taken eight at a time, one group a lane (see to_lanes): the per-row and
-// per-column work is then plain vector arithmetic. Others, and the few 3 x 3
-// groups left over at the end of a block, go through per-batch arrays.
+// taken eight at a time, one group a lane for their statistics (see load9,
+// load_stats): the per-row and per-column work is then plain vector
+// arithmetic, and G2 spreads the factors back into memory order (see
+// spread_factors) rather than transposing the update. Others, and the few
+// 3 x 3 groups left over at the end of a block, go through per-batch arrays.
 // NN, MM: the group's shape when known at compile time, else 0.
 template <class P, class S, int NN = 0, int MM = 0>
 struct Groups {
@@ -958,13 +973,14 @@ struct Groups {
 
   // ------------------------------------------------ eight 3 x 3 groups
   // 72 consecutive elements, eight groups of nine, held as nine vectors
-  // E[e], e = 3 i + j, whose lane k is element (i, j) of group k: the
-  // transpose of the eight vectors of memory order, in two steps of
-  // 3-way (de)interleaving. Pure data movement: every instruction set gives
-  // the same numbers.
-  // Each is two blends and one permute per vector (lane k of the blend
-  // takes source k % 3, shifted per output, so every lane stays in place),
-  // the least the vector units do for a 3-way transpose.
+  // E[e], e = 3 i + j, whose lane k is element (i, j) of group k (load9);
+  // the groups' three rows (or columns) of statistics, 24 values, as three
+  // vectors x[i] whose lane k is row i of group k (load_stats: a 3-way
+  // deinterleave). Pure data movement: every instruction set gives the same
+  // numbers.
+  // A 3-way (de)interleave is two blends and one permute per vector (lane k
+  // of the blend takes source k % 3, shifted per output, so every lane
+  // stays in place), the least the vector units do for it.
   [[gnu::always_inline]] static void deinterleave3(V a, V b, V c, V& p0, V& p1, V& p2) {
     // a, b, c hold x0..x23; p_r = x_r, x_{r+3}, ..., x_{r+21}.
     const V m0 = __builtin_shufflevector(__builtin_shufflevector(a, b, 0, 9, 2, 3, 12, 5, 6, 15), c,
@@ -1216,11 +1232,10 @@ struct Groups {
   // pass2 forms the factors of several batches before it applies them:
   // each is a long chain of dependent steps (divisions, square roots), and
   // the batches' chains then overlap.
-  [[gnu::always_inline]] void stats2(i64 o, V* R, V* C, V& mean, bool columns) const {
-    const S* rowp = static_cast<const S*>(job.row_var) + o * 3;
-    const S* colp = static_cast<const S*>(job.col_var) + o * 3;
-    deinterleave3(vload<T>(rowp), vload<T>(rowp + kLanes), vload<T>(rowp + 2 * kLanes), R[0], R[1], R[2]);
-    if (columns) deinterleave3(vload<T>(colp), vload<T>(colp + kLanes), vload<T>(colp + 2 * kLanes), C[0], C[1], C[2]);
+  // The statistics by lanes, for the groups where the floor bites.
+  [[gnu::always_inline]] void stats2(i64 o, V* R, V* C, V& mean) const {
+    load_stats(static_cast<const S*>(job.row_var) + o * 3, R);
+    load_stats(static_cast<const S*>(job.col_var) + o * 3, C);
     mean = row_mean(R);
   }
   [[gnu::always_inline]] unsigned factors2(i64 o, V* f) const {
@@ -1265,7 +1280,7 @@ struct Groups {
     for (int t = 0; t < 9; ++t) u[t] = f[t] * vload<T>(g + t * kLanes);
     if (clamped) {
       V R[3], C[3], mean;
-      stats2(o, R, C, mean, true);
+      stats2(o, R, C, mean);
       for (int l = 0; l < kLanes; ++l) {
         if (!(clamped >> l & 1u)) continue;
         for (int e = 0; e < 9; ++e) {
