@@ -1080,9 +1080,17 @@ struct Groups {
                            : end - (end - self) * splat<T>(T(1) - weight);
   }
 
-  // Whether every lane of a comparison holds: one test, not eight.
+  // Whether every lane of a comparison holds: one test, not eight (under
+  // AVX, of the lanes' sign bits).
   template <class M>
   static bool all_lanes(M m) {
+#if defined(__AVX__)
+    if constexpr (sizeof(M) == 8 * sizeof(float)) {
+      vec<float> f;
+      std::memcpy(&f, &m, sizeof f);
+      return __builtin_ia32_movmskps256(f) == 0xFF;
+    }
+#endif
     std::uint64_t w[sizeof(M) / 8];
     std::memcpy(w, &m, sizeof w);
     std::uint64_t all = ~std::uint64_t{0};
@@ -1113,16 +1121,18 @@ struct Groups {
   // A cheaper test that unfloored() holds in every lane: the smallest
   // column of all eight groups stands for each group's (no larger, and
   // rounding is monotonic), and the columns hold no NaN, which unfloored()'s
-  // minimum can keep where this one drops it. c: the columns as stored.
+  // minimum can keep where this one drops it: their sum is a number (it is
+  // NaN for any NaN, and for +inf beside -inf, which only sends a batch to
+  // the exact test). c: the columns as stored.
   [[gnu::always_inline]] bool surely_unfloored(const V* R, const V* c, const V& mean) const {
     V m = c[1] < c[0] ? c[1] : c[0];
     m = c[2] < m ? c[2] : m;
     m = __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3) < m ? __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3) : m;
     m = __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5) < m ? __builtin_shufflevector(m, m, 2, 3, 0, 1, 6, 7, 4, 5) : m;
     m = __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6) < m ? __builtin_shufflevector(m, m, 1, 0, 3, 2, 5, 4, 7, 6) : m;
-    if (!all_lanes((c[0] == c[0]) & (c[1] == c[1]) & (c[2] == c[2]))) return false;
+    const V sum = (c[0] + c[1]) + c[2];
     const V C[3] = {m, m, m};
-    return all_lanes(unfloored(R, C, mean));
+    return all_lanes((sum == sum) & unfloored(R, C, mean));
   }
   // U of element e of the group in lane l where the floor can bite: torch's
   // V = ratio * col, floored, element by element (as update()).
