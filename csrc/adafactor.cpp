@@ -379,20 +379,22 @@ torch::Tensor Adafactor::step(LossClosure closure) {
     // Options may have been changed since construction (set_lr, a scheduler).
     options.validate();
     for (auto& p : group.params()) {
-      if (p.grad().defined()) step_parameter(p, options);
+      const auto& grad = p.grad();
+      if (grad.defined()) step_parameter(p, grad, options);
     }
   }
   return loss;
 }
 
-void Adafactor::step_parameter(const torch::Tensor& p, const AdafactorOptions& options) {
+void Adafactor::step_parameter(const torch::Tensor& p, const torch::Tensor& grad,
+                               const AdafactorOptions& options) {
   auto it = state_.find(p.unsafeGetTensorImpl());
   if (it == state_.end()) {
     auto state = std::make_unique<AdafactorParamState>();
     adafactor_init_state(p, options, *state);
     it = state_.emplace(p.unsafeGetTensorImpl(), std::move(state)).first;
   }
-  if (!adafactor_step(p, p.grad(), static_cast<AdafactorParamState&>(*it->second), options)) {
+  if (!adafactor_step(p, grad, static_cast<AdafactorParamState&>(*it->second), options)) {
     ++skipped_updates_;
   }
 }

@@ -165,24 +165,31 @@ void adafactor_check_state(const torch::Tensor& param, const AdafactorParamState
                            const AdafactorOptions& options, const AdafactorShard* shard) {
   TORCH_CHECK(state.step().defined() && state.step().numel() == 1,
               "Adafactor state has no step count");
-  auto expect = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
+  // The parameter's shape, with dimension `reduced` (if any) of size 1. Compared
+  // in place: the shape itself is built only for the message (this check runs
+  // on every step of every parameter).
+  auto expect = [&](const char* name, const at::Tensor& t, std::int64_t reduced) {
     TORCH_CHECK(t.defined(), "Adafactor state of a parameter of shape ", param.sizes(),
                 " has no ", name);
-    TORCH_CHECK(t.sizes() == shape, "Adafactor state ", name, " has shape ", t.sizes(),
-                " where a parameter of shape ", param.sizes(), " needs ", shape);
+    bool same = t.dim() == param.dim();
+    for (std::int64_t d = 0; same && d < param.dim(); ++d) {
+      same = t.size(d) == (d == reduced ? 1 : param.size(d));
+    }
+    if (!same) {
+      auto shape = param.sizes().vec();
+      if (reduced >= 0) shape[reduced] = 1;
+      TORCH_CHECK(false, "Adafactor state ", name, " has shape ", t.sizes(),
+                  " where a parameter of shape ", param.sizes(), " needs ", at::IntArrayRef(shape));
+    }
     TORCH_CHECK(t.is_floating_point(), "Adafactor state ", name, " is not floating point");
   };
   if (auto dims = dims_of(param, options, shard)) {
-    auto row_shape = param.sizes().vec();
-    auto col_shape = param.sizes().vec();
-    row_shape[dims->second] = 1;
-    col_shape[dims->first] = 1;
-    expect("row_var", state.row_var(), row_shape);
-    expect("col_var", state.col_var(), col_shape);
+    expect("row_var", state.row_var(), dims->second);
+    expect("col_var", state.col_var(), dims->first);
   } else {
-    expect("variance", state.variance(), param.sizes());
+    expect("variance", state.variance(), -1);
   }
-  if (state.exp_avg().defined()) expect("exp_avg", state.exp_avg(), param.sizes());
+  if (state.exp_avg().defined()) expect("exp_avg", state.exp_avg(), -1);
 }
 
 namespace {

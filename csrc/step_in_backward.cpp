@@ -149,7 +149,8 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
   // gradient. Called with `mutex` held.
   void step(std::size_t i) {
     Param& p = params[i];
-    if (!p.tensor.grad().defined()) return;
+    const torch::Tensor& grad = p.tensor.grad();  // reset below, after its last use
+    if (!grad.defined()) return;
     auto& options = static_cast<AdafactorOptions&>(owner->param_groups_[p.group].options());
     if (validated_in[p.group] != pass) {
       options.validate();
@@ -157,7 +158,7 @@ struct StepInBackward : std::enable_shared_from_this<StepInBackward> {
     }
     {
       c10::NoGradGuard no_grad;
-      owner->step_parameter(p.tensor, options);
+      owner->step_parameter(p.tensor, grad, options);
     }
     p.tensor.mutable_grad().reset();
     p.stepped_in = pass;

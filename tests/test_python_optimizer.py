@@ -153,6 +153,31 @@ def test_state_dict_moves_between_torch_and_tcltorch():
             assert rel_err(a, b) <= 1e-6, (first, second)
 
 
+@pytest.mark.parametrize("shape,name,bad,needs", [
+    ((4, 6), "row_var", (4, 2), "[4, 1]"),
+    ((4, 6), "col_var", (1, 5), "[1, 6]"),
+    ((2, 3, 4, 5), "row_var", (2, 3, 4, 5), "[2, 3, 4, 1]"),
+    ((7,), "variance", (6,), "[7]"),
+])
+def test_loaded_state_of_the_wrong_shape_is_refused(shape, name, bad, needs):
+    # A state dict made for another parameter: the step names the state, its
+    # shape and the shape the parameter needs, and changes nothing.
+    p = torch.randn(shape, requires_grad=True)
+    p.grad = torch.randn(shape)
+    opt = tcltorch.Adafactor([p])
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0][name] = torch.zeros(bad)
+    other = tcltorch.Adafactor([p])
+    other.load_state_dict(sd)
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError) as e:
+        other.step()
+    assert f"Adafactor state {name} has shape {list(bad)}" in str(e.value)
+    assert f"a parameter of shape {list(shape)} needs {needs}" in str(e.value)
+    assert torch.equal(p.detach(), before)
+
+
 def test_transformers_state_dict_converts():
     transformers = pytest.importorskip("transformers.optimization")
     dtype = torch.float64

@@ -162,8 +162,11 @@ class TCLTORCH_API Adafactor : public torch::optim::Optimizer {
     _TORCH_OPTIM_SERIALIZE_WITH_TEMPLATE_ARG(Adafactor);
   }
   // One parameter's step with its group's options: the state is made on
-  // first use; a skip_nan_updates skip is counted.
-  void step_parameter(const torch::Tensor& param, const AdafactorOptions& options);
+  // first use; a skip_nan_updates skip is counted. `grad` is param.grad(),
+  // defined, which the caller has already fetched (with many small tensors
+  // each fetch is a measurable share of the step).
+  void step_parameter(const torch::Tensor& param, const torch::Tensor& grad,
+                      const AdafactorOptions& options);
   friend struct detail::StepInBackward;
   std::int64_t skipped_updates_ = 0;
   std::shared_ptr<detail::StepInBackward> in_backward_;
