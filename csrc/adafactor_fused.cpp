@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <initializer_list>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -21,7 +20,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
-#include <string_view>
 #include <vector>
 
 #include "adafactor_detail.h"
@@ -46,30 +44,27 @@ struct LoopsCopy {
   RunFn run;
   bool (*supported)();
 };
-bool cpu_supports_all(std::initializer_list<const char*> features) {
+bool cpu_has_avx2() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  for (const char* f : features) {
-    // __builtin_cpu_supports wants a literal: the features are spelled out.
-    const std::string_view v(f);
-    const bool has = v == "avx2"       ? __builtin_cpu_supports("avx2")
-                     : v == "avx512f"  ? __builtin_cpu_supports("avx512f")
-                     : v == "avx512vl" ? __builtin_cpu_supports("avx512vl")
-                     : v == "avx512bw" ? __builtin_cpu_supports("avx512bw")
-                     : v == "avx512dq" ? __builtin_cpu_supports("avx512dq")
-                                       : false;
-    if (!has) return false;
-  }
-  return true;
+  return __builtin_cpu_supports("avx2");
 #else
-  (void)features;
+  return false;
+#endif
+}
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq");
+#else
   return false;
 #endif
 }
 constexpr LoopsCopy kLoopsCopies[] = {
-    {"avx512", &kernel::avx512::run,
-     [] { return cpu_supports_all({"avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq"}); }},
-    {"avx2", &kernel::avx2::run, [] { return cpu_supports_all({"avx2"}); }},
+    {"avx512", &kernel::avx512::run, &cpu_has_avx512},
+    {"avx2", &kernel::avx2::run, &cpu_has_avx2},
     {"default", &kernel::base::run, [] { return true; }},
 };
 
