@@ -1,6 +1,7 @@
-// The fused CPU step: three passes over the gradient for large factored
-// matrices, two for small ones (conv kernels: each leading index a group)
-// and for unfactored parameters; scratch memory of O(rows + columns), or a
+// The fused CPU step: two passes over the gradient for large factored
+// matrices (three where a middle pass must sum U^2 itself: see
+// first_passes_factored), two for small ones (conv kernels: each leading
+// index a group) and for unfactored parameters; scratch memory of O(rows + columns), or a
 // few KiB per thread for small groups; blocks spread over ATen's thread
 // pool. The loops are in kernel/loops.h; this file prepares the job,
 // updates the (small) row and column statistics of large matrices between
@@ -142,29 +143,29 @@ void put(S* p, std::int64_t i, T v) {
   p[i] = static_cast<S>(v);
 }
 
-template <class T>
-T lerp(T self, T end, T weight) {
-  return weight < T(0.5) ? self + weight * (end - self) : end - (end - self) * (T(1) - weight);
-}
+#include "kernel/statistic.h"  // lerp, advanced_statistic: see there why here
 
 // Between passes 1 and 2 of a factored parameter, for the leading indices
 // [o0, o1): the running row and column statistics, their normaliser, and the
 // ratios row / mean_rows(row) and the column statistic, written into R and C.
 // `rows_total` is the length of the row dimension over all shards; `reduce`,
 // if set (one range over all of O), sums the normaliser's partial sums over
-// the shards. Returns whether torch's floor V >= eps1^2 can bite here.
+// the shards. The normaliser of each (o, k, l), floored as R uses it, goes
+// into `means` [O*K*L]. Returns whether torch's floor V >= eps1^2 can bite
+// here.
 template <class T, class S>
 bool prepare_range(const Job& job, AdafactorParamState& state,
                    const std::vector<double>& col_sums, std::int64_t rows_total,
-                   const ReduceFn* reduce, T* R, T* C, std::int64_t o0, std::int64_t o1) {
+                   const ReduceFn* reduce, T* R, T* C, T* means, std::int64_t o0,
+                   std::int64_t o1) {
   S* row = static_cast<S*>(state.row_var().data_ptr());
   S* col = static_cast<S*>(state.col_var().data_ptr());
   const T w = static_cast<T>(job.lerp_weight);
   const T b2 = static_cast<T>(job.beta2), ob2 = static_cast<T>(1.0 - job.beta2);
+  // Pass F1 repeats this for the rows (Factored::new_row_statistic).
   auto advance = [&](S* stat, std::int64_t idx, double sum, std::int64_t count) {
     const T mean = static_cast<T>(sum) / static_cast<T>(count);
-    const T old = get<T>(stat, idx);
-    put<T>(stat, idx, job.stats_lerp ? lerp(old, mean, w) : old * b2 + mean * ob2);
+    put<T>(stat, idx, advanced_statistic<T>(get<T>(stat, idx), mean, job.stats_lerp, w, b2, ob2));
   };
   const std::int64_t rows_per_o = job.n * job.K * job.L, cols_per_o = job.K * job.m * job.L;
   for (std::int64_t r = o0 * rows_per_o; r < o1 * rows_per_o; ++r) {
@@ -204,6 +205,7 @@ bool prepare_range(const Job& job, AdafactorParamState& state,
         T mean = static_cast<T>(sums[((o - o0) * job.K + k) * job.L + l]) /
                  static_cast<T>(rows_total);
         if (job.torch_variant && mean < eps1) mean = eps1;
+        means[(o * job.K + k) * job.L + l] = mean;
         T min_ratio = inf, min_col = inf;
         for (std::int64_t i = 0; i < job.n; ++i) {
           const T ratio = get<T>(row, row_at(o, i, k, l)) / mean;
@@ -230,9 +232,11 @@ bool prepare_range(const Job& job, AdafactorParamState& state,
 template <class T, class S>
 void prepare_factors(Job& job, AdafactorParamState& state,
                      const std::vector<double>& col_sums, std::int64_t rows_total,
-                     const ReduceFn* reduce, std::vector<T>& R, std::vector<T>& C) {
+                     const ReduceFn* reduce, std::vector<T>& R, std::vector<T>& C,
+                     std::vector<T>& means) {
   R.resize(job.O * job.n * job.K * job.L);
   C.resize(job.O * job.K * job.m * job.L);
+  means.resize(job.O * job.K * job.L);
   bool clamp = false;
   if (job.cols_owned && !reduce) {
     const std::int64_t o_per_block = job.block_size / (job.n * job.K);
@@ -241,13 +245,13 @@ void prepare_factors(Job& job, AdafactorParamState& state,
       for (std::int64_t b = b0; b < b1; ++b) {
         const std::int64_t o0 = b * o_per_block, o1 = std::min(job.O, o0 + o_per_block);
         clamps[b] = prepare_range<T, S>(job, state, col_sums, rows_total, nullptr, R.data(),
-                                        C.data(), o0, o1);
+                                        C.data(), means.data(), o0, o1);
       }
     });
     for (char c : clamps) clamp = clamp || c;
   } else {
     clamp = prepare_range<T, S>(job, state, col_sums, rows_total, reduce, R.data(), C.data(),
-                                0, job.O);
+                                means.data(), 0, job.O);
   }
   job.clamp = clamp;
   if (!clamp) {
@@ -264,13 +268,36 @@ void prepare_factors(Job& job, AdafactorParamState& state,
   job.col_factor = C.data();
 }
 
+// The sum of U^2 of matrices (K == L == 1) where no V is clamped, without
+// reading the gradient again: U_ij = g_ij * rsqrt(r_i / mean) * rsqrt(c_j),
+// so sum U^2 = sum_o mean_o * sum_j (sum_i g_ij^2 / r_i) / c_j, where the
+// inner sums are pass F1's weighted columns (Job::weighted_cols) and r, c
+// the new statistics. It equals pass F2's sum to rounding (F2 squares U as
+// pass F3 forms it); only max(1, RMS(U) / d) depends on it. Fixed order,
+// in double.
+template <class T, class S>
+double sum_of_u2_from_columns(const Job& job, const AdafactorParamState& state,
+                              const std::vector<double>& weighted, const std::vector<T>& means) {
+  const S* col = static_cast<const S*>(state.col_var().data_ptr());
+  double total = 0;
+  for (std::int64_t o = 0; o < job.O; ++o) {
+    double sum = 0;
+    for (std::int64_t j = o * job.m; j < (o + 1) * job.m; ++j) {
+      sum += weighted[j] / static_cast<double>(get<T>(col, j));
+    }
+    total += static_cast<double>(means[o]) * sum;
+  }
+  return total;
+}
+
 // What the passes of one step share: owned here, pointed to by the Job.
 struct Scratch {
   std::vector<double> param_sq, update_sq;  // per block
   std::vector<double> param_sq_next;        // per block, the new parameter's
   std::vector<double> row_sums, col_partials, col_sums;
-  std::vector<float> Rf, Cf;  // factors (float compute)
-  std::vector<double> Rd, Cd;  // factors (double compute)
+  std::vector<double> weighted_partials, weighted_sums;  // Job::weighted_cols
+  std::vector<float> Rf, Cf, Mf;  // factors, normalisers (float compute)
+  std::vector<double> Rd, Cd, Md;  // factors, normalisers (double compute)
 };
 
 // The sum of param^2 this step needs (RMS(param), with scale_parameter):
@@ -350,9 +377,16 @@ void first_pass_groups(Job& job, AdafactorParamState& state, Scratch& scratch, P
 }
 
 // Large matrices: F1 (row and column sums), the statistics and factors in
-// between, F2 (sums of U^2 and param^2).
+// between, F2 (sums of U^2 and param^2). Matrices (K == L == 1, unsharded)
+// leave F2 out unless some V is clamped: F1 sums param^2 if it is not kept,
+// and the sum of U^2 comes from F1's weighted columns
+// (sum_of_u2_from_columns), so the gradient is read twice per step, not
+// three times. Which sum of U^2 a step takes depends only on the problem
+// and this step's clamping, never on whether param^2 was kept, so that both
+// give the same bits.
 void first_passes_factored(Job& job, AdafactorParamState& state, const AdafactorShard* shard,
-                           bool rows_split, Scratch& scratch, ParamSq& psq) {
+                           bool rows_split, bool need_update_sq, Scratch& scratch,
+                           ParamSq& psq) {
   const ReduceFn* reduce = shard ? &shard->all_reduce_sum : nullptr;
   const std::int64_t units = job.O * job.n * job.K;
   const std::int64_t cols = job.O * job.K * job.m * job.L;
@@ -376,29 +410,65 @@ void first_passes_factored(Job& job, AdafactorParamState& state, const Adafactor
   job.row_sums = scratch.row_sums.data();
   job.col_partials = scratch.col_partials.data();
   per_block_sums(job, scratch, Pass::F2, psq);
+  // Sharded, F2 stays: the weighted columns would need reducing too.
+  const bool two_passes = job.K == 1 && job.L == 1 && !shard && job.blocks > 0;
+  const bool weigh = two_passes && need_update_sq;
+  if (weigh) {
+    scratch.weighted_partials.resize(col_copies * cols);
+    job.weighted_cols = scratch.weighted_partials.data();
+    job.row_var = state.row_var().data_ptr();
+  }
+  if (two_passes && !job.param_sq_known) {
+    job.first_pass_param_sq = true;
+    job.param_sq_known = true;  // for F2, if it runs: F1 has summed it
+  }
 
   run_pass(job, Pass::F1);
+  // Column sums over the blocks, in block order.
+  auto add_partials = [&](const std::vector<double>& partials, std::vector<double>& sums) {
+    sums.assign(cols, 0.0);
+    for (std::int64_t blk = 0; blk < col_copies && job.blocks > 0; ++blk) {
+      const double* part = partials.data() + blk * cols;
+      for (std::int64_t c = 0; c < cols; ++c) sums[c] += part[c];
+    }
+  };
   auto& col_sums = scratch.col_sums;
-  col_sums.assign(cols, 0.0);
-  for (std::int64_t blk = 0; blk < col_copies && job.blocks > 0; ++blk) {
-    const double* part = scratch.col_partials.data() + blk * cols;
-    for (std::int64_t c = 0; c < cols; ++c) col_sums[c] += part[c];
-  }
+  add_partials(scratch.col_partials, col_sums);
+  if (weigh) add_partials(scratch.weighted_partials, scratch.weighted_sums);
   const std::int64_t rows_total = rows_split ? shard->global_sizes[0] : job.n;
   if (rows_split) (*reduce)(col_sums.data(), col_sums.size());
   const ReduceFn* row_reduce = rows_split ? reduce : nullptr;
+  double u2 = 0;  // with `weigh` and no clamping: the sum of U^2
   if (job.param_dtype == Dtype::F64) {
     prepare_factors<double, double>(job, state, col_sums, rows_total, row_reduce, scratch.Rd,
-                                    scratch.Cd);
+                                    scratch.Cd, scratch.Md);
+    if (weigh && !job.clamp) {
+      u2 = sum_of_u2_from_columns<double, double>(job, state, scratch.weighted_sums, scratch.Md);
+    }
   } else if (job.state_dtype == Dtype::F32) {
     prepare_factors<float, float>(job, state, col_sums, rows_total, row_reduce, scratch.Rf,
-                                  scratch.Cf);
+                                  scratch.Cf, scratch.Mf);
+    if (weigh && !job.clamp) {
+      u2 = sum_of_u2_from_columns<float, float>(job, state, scratch.weighted_sums, scratch.Mf);
+    }
   } else {
     prepare_factors<float, c10::BFloat16>(job, state, col_sums, rows_total, row_reduce,
-                                          scratch.Rf, scratch.Cf);
+                                          scratch.Rf, scratch.Cf, scratch.Mf);
+    if (weigh && !job.clamp) {
+      u2 = sum_of_u2_from_columns<float, c10::BFloat16>(job, state, scratch.weighted_sums,
+                                                        scratch.Mf);
+    }
   }
   state.row_var().unsafeGetTensorImpl()->bump_version();
   state.col_var().unsafeGetTensorImpl()->bump_version();
+  // Not finite (a statistic that underflowed, say): F2 sums U as F3 forms it.
+  const bool from_columns = weigh && !job.clamp && std::isfinite(u2);
+  // (Without a threshold d no sum of U^2 is needed at all.)
+  if ((two_passes && from_columns) || (!need_update_sq && job.param_sq_known)) {
+    std::fill(scratch.update_sq.begin(), scratch.update_sq.end(), 0.0);
+    if (from_columns) scratch.update_sq[0] = u2;
+    return;
+  }
   run_pass(job, Pass::F2);
 }
 
@@ -505,7 +575,8 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
       first_pass_groups(job, state, scratch, psq);
       last = Pass::G2;
     } else {
-      first_passes_factored(job, state, shard, rows_split, scratch, psq);
+      first_passes_factored(job, state, shard, rows_split, options.d().has_value(), scratch,
+                            psq);
       last = Pass::F3;
     }
   }

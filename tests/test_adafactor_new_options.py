@@ -17,7 +17,7 @@ from reference import rel_err
 from test_fused_kernel import run
 
 # One of each form of the kernel (see test_fused_kernel.SHAPES): unfactored,
-# three passes, small groups (3 x 3 and other), lines (L > 1), blocks that own
+# large-matrix passes, small groups (3 x 3 and other), lines (L > 1), blocks that own
 # their columns.
 SHAPES = [(257,), (33, 65), (16, 8, 3, 3), (3, 40, 50), (40, 3, 50, 2), (4, 3, 45, 50)]
 STEPS = 6

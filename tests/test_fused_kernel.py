@@ -50,7 +50,7 @@ CONFIGS = [
     {"min_dim_size_to_factor": 8},
 ]
 # Matrices of at most 2048 elements take the small-group passes ((1, 300),
-# (3, 40, 50), (16, 8, 3, 3), ...), larger ones the three passes: (37, 300)
+# (3, 40, 50), (16, 8, 3, 3), ...), larger ones the passes of large matrices: (37, 300)
 # and (150, 520) end in a partial group of rows whose column sums pass 1
 # takes together, with leftover columns (300), and (150, 520) is cut into
 # blocks mid-group; (20, 3, 45, 50) has blocks of whole leading indices that

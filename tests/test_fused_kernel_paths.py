@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tcltorch import _C
-from reference import rel_err
+from reference import ReferenceAdafactor, rel_err
 
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 # 3x3 conv weights: group counts that are and are not multiples of eight
@@ -98,8 +98,9 @@ def run_ours(shape, dtype, n, invalidate, **options):
 @pytest.mark.parametrize("shape", [(300, 520), (64, 32, 3, 3), (13, 7, 3, 3), (5000,), (20, 3, 45, 50),
                                    (2, 301, 1003)])
 @pytest.mark.parametrize("options", [{}, {"beta1": 0.9, "weight_decay": 0.01},
-                                     {"variant": "transformers"}],
-                         ids=["torch", "momentum", "transformers"])
+                                     {"variant": "transformers"}, {"d": 0.05},
+                                     {"variant": "transformers", "d": 0.05}],
+                         ids=["torch", "momentum", "transformers", "clipped", "transformers-clipped"])
 def test_kept_sum_gives_the_same_bits_as_recomputing(shape, dtype, options):
     # Every step of one run takes the kept sum, every step of the other sums
     # the parameter afresh: the kernel sums in one order, so the bits agree.
@@ -132,3 +133,47 @@ def test_inference_tensors_step_without_a_kept_sum():
             ours.step()
             ref.step()
     assert rel_err(a, b) <= 1e-6
+
+
+def updates_against_reference(shape, dtype, n, zero_rows=False, **options):
+    """The total update (p_n - p_0) of ours and of the plain-ops reference
+    after n steps on gradients whose columns differ in scale."""
+    gen = torch.Generator().manual_seed(11)
+    p0 = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).double()
+    a, b = p0.to(dtype, copy=True), p0.clone()
+    ours = _C.Adafactor([a], **options)
+    ref = ReferenceAdafactor([b], **options)
+    scale = torch.linspace(0.1, 3.0, shape[-1], dtype=torch.float64)
+    for _ in range(n):
+        g = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+        if zero_rows:
+            g[..., 0, :] = 0
+        a.grad, b.grad = g.to(dtype), g.clone()
+        ours.step()
+        ref.step()
+    return a.double() - p0, b - p0
+
+
+# Matrices take two passes over the gradient: the sum of U^2 that the
+# threshold d needs comes from the first pass's column sums weighted by the
+# new row statistics. A small d makes every step's update depend on it.
+@pytest.mark.parametrize("shape", [(600, 700), (2, 301, 1003), (40, 3000)])
+@pytest.mark.parametrize("variant", ["torch", "transformers"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clipped_matrices_match_plain_reference(shape, variant, dtype):
+    ours, ref = updates_against_reference(shape, dtype, 6, d=0.05, variant=variant)
+    # fp32: each step's new parameter is rounded to fp32 (eps 6e-8 of |p| ~ 1,
+    # against updates of ~1e-3).
+    assert rel_err(ours, ref) <= (1e-12 if dtype == torch.float64 else 2e-4)
+    # The clipping did bite: without it the update is more than twice as large.
+    free, _ = updates_against_reference(shape, dtype, 6, d=1e6, variant=variant)
+    assert free.norm() > 2 * ours.norm()
+
+
+@pytest.mark.parametrize("variant", ["torch", "transformers"])
+def test_clipped_matrices_with_zero_rows_match_plain_reference(variant):
+    # A row of zero gradient: torch floors V there, and the sum of U^2 is then
+    # taken element by element.
+    ours, ref = updates_against_reference((600, 700), torch.float64, 6, zero_rows=True,
+                                          d=0.05, variant=variant)
+    assert rel_err(ours, ref) <= 1e-12

@@ -79,7 +79,9 @@ int64_t numel_of(const std::vector<torch::Tensor>& params) {
 }
 
 // ------------------------------------------------------------ bandwidth floor
-// The least memory traffic of an Adafactor step: three reads of the gradient
+// The memory traffic of an Adafactor step in its usual form (the fused
+// kernel reads a large matrix's gradient twice, not three times: see
+// docs/algorithm.md): three reads of the gradient
 // (row/column statistics, RMS of the update, the update) and one read and one
 // write of the parameter, tensor by tensor, each pass spread over ATen's
 // threads in chunks of 32K elements as the fused kernel does. The arithmetic

@@ -14,8 +14,9 @@ enum class Dtype : std::int8_t { F32, F64, BF16 };
 // One pass over a range of blocks. Factored parameters take F1..F3,
 // unfactored ones U1..U2.
 enum class Pass : std::int8_t {
-  F1,  // row sums and per-block column sums of G^2
-  F2,  // sums of U^2 and of param^2
+  F1,  // row sums and per-block column sums of G^2 (and, for matrices,
+       // the weighted column sums and param^2)
+  F2,  // sums of U^2 and of param^2, where F1's sums cannot stand in
   F3,  // apply the update
   U1,  // update the second moment in place, sums of param^2 and U^2
   U2,  // apply the update
@@ -82,7 +83,8 @@ struct Job {
   const void* grad = nullptr;
   void* variance = nullptr;  // unfactored
   void* exp_avg = nullptr;   // with momentum
-  void* row_var = nullptr;   // small groups: [O*n], state dtype
+  void* row_var = nullptr;   // small groups, and F1 with weighted_cols:
+                             // [O*n], state dtype (F1: before this step)
   void* col_var = nullptr;   // small groups: [O*m]
 
   // Scratch owned by the caller.
@@ -92,6 +94,14 @@ struct Job {
   // the blocks own.
   bool cols_owned = false;
   double* col_partials = nullptr;
+  // F1 of matrices (K == L == 1), where set: in col_partials' layout, per
+  // column the sum over rows of G^2 / (the row's new statistic), which with
+  // the column statistics gives the sum of U^2 without pass F2
+  // (adafactor_fused.cpp, sum_of_u2_from_columns).
+  double* weighted_cols = nullptr;
+  // F1 of matrices (K == L == 1): also sum param^2 per block into param_sq,
+  // in the order F2 would (so with the same bits), so that F2 may be left out.
+  bool first_pass_param_sq = false;
   double* param_sq = nullptr;      // [blocks]
   double* update_sq = nullptr;     // [blocks]
   // The sum of param^2, for RMS(param). With param_sq_known the first

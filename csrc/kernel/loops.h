@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <type_traits>
 #include <utility>
 
@@ -26,22 +25,23 @@ constexpr int kLanes = 8;
 // Runs of this many elements of a row are summed in the compute type before
 // joining a double sum.
 constexpr i64 kRun = 16 * kLanes;
-// Rows of a large matrix taken together in passes 2 and 3 (pass 1 takes
-// one too: rows_one_by_one). A large matrix goes one row at a time, in
-// memory order: one stream per core. On the machine of 2026-12-02, a loop
-// that read and wrote four rows at once took twice as long as one that took
-// one row at a time, and a loop that read eight rows at once twice as long
-// as one that read one (benchmarks/cpp/row_streams.cpp times both).
+// Rows of a large matrix taken together in passes 2 and 3: one at a time,
+// in memory order. Pass 1 takes kRowsF1 rows at once, spread over the block
+// (eight streams). Which is faster depends on the machine
+// (benchmarks/cpp/row_streams.cpp times the patterns): on an AMD EPYC
+// (2026-12-02) several rows at once took twice as long as one, in the sums
+// and in the update; on an Intel Xeon with AVX-512 (2026-12-03) eight rows
+// spread summed 1.5x as fast as one row, and the update of four rows ran
+// about as fast as one. The choice is fixed here, not made at run time,
+// because it sets the order of the column sums, and so the bits.
 constexpr int kRows2 = 1;
 constexpr int kRows3 = 1;
+constexpr int kRowsF1 = 8;
 // Rows of a small matrix (Groups, from cache) taken together in its first
 // pass (kRows1) and in its sums of U^2 and its update (kGroupRows): fewer
 // calls per row, and more independent adds.
 constexpr int kRows1 = 8;
 constexpr int kGroupRows = 4;
-// Rows of a large matrix whose column sums pass 1 adds up in the compute type
-// before they join the double sums (the col buffer of rows_one_by_one).
-constexpr int kRowsCol = 16;
 // Small-group batches (see Groups): elements per batch.
 constexpr i64 kBatchElems = kGroupMaxElems;
 
@@ -120,12 +120,7 @@ inline double lane_sum(const A* lanes) {
   return s;
 }
 
-template <class T>
-inline T lerp(T self, T end, T weight) {
-  // ATen's lerp: exact at both ends.
-  return weight < T(0.5) ? self + weight * (end - self)
-                         : end - (end - self) * (T(1) - weight);
-}
+#include "statistic.h"  // lerp, advanced_statistic: see there why here
 
 template <class T>
 inline T rsqrt(T x) {
@@ -340,61 +335,92 @@ struct Factored {
     for (int r = 0; r < NR; ++r) rows[r * sr] = total[r];
   }
 
-  // Pass 1 over the rows [u0, u1) of matrices (L == K == 1), one row at a
-  // time, in memory order: a single stream, which on the machine measured
-  // (benchmarks/cpp/row_streams.cpp) a core read about twice as fast as
-  // eight rows at once. Each row's G^2 (+ add) is summed along the row into
-  // row_sums; down the columns, kRowsCol consecutive rows of one matrix are
-  // summed in the compute type in `col` (first row: written, later rows:
-  // added), then added into the double column sums colp.
-  template <bool Eps>
-  void rows_one_by_one(i64 u0, i64 u1, double* colp, T add) const {
-    const i64 m = job.m;
-    const i64 mv = m - m % kLanes;  // the vectorised part
-    const P* g = grad();
-    const vec<T> vadd = splat<T>(add);
-    std::unique_ptr<T[]> col(new T[m > 0 ? m : 1]);
-    auto flush = [&](double* cp) {
-      for (i64 c = 0; c < mv; c += kLanes) add_into(cp + c, vload<T>(col.get() + c));
-      for (i64 c = mv; c < m; ++c) cp[c] += col[c];
-    };
-    i64 held = 0;                 // rows summed in col
-    double* held_cols = nullptr;  // their matrix's column sums
-    for (i64 unit = u0; unit < u1; ++unit) {
-      double* cp = colp + (unit / job.n) * m;
-      if (held > 0 && (held == kRowsCol || cp != held_cols)) {
-        flush(held_cols);
-        held = 0;
-      }
-      const P* row = g + unit * m;
-      T* cs = col.get();
-      const bool first = held == 0;
-      Wide lanes;
-      for (i64 j = 0; j < mv; j += kRun) {
-        const i64 end = j + kRun < mv ? j + kRun : mv;
-        vec<T> acc{};
-        for (i64 c = j; c < end; c += kLanes) {
-          const vec<T> gv = vload<T>(row + c);
-          vec<T> sq = gv * gv;
-          if constexpr (Eps) sq += vadd;
-          acc += sq;
-          const vec<T> cv = first ? sq : vload<T>(cs + c) + sq;
-          std::memcpy(cs + c, &cv, sizeof cv);
-        }
-        lanes.add(acc);
-      }
-      double total = lanes.sum();
-      for (i64 c = mv; c < m; ++c) {
-        const T gv = load<T>(row, c);
-        const T sq = gv * gv + add;
-        total += sq;
-        cs[c] = first ? sq : cs[c] + sq;
-      }
-      job.row_sums[unit] = total;
-      held_cols = cp;
-      ++held;
+  // Pass 1 over NR rows of a matrix sr rows apart, from `unit` (L == K == 1):
+  // rows1 for the row and column sums, then, with wcolp, the rows again
+  // (from cache) for the weighted column sums.
+  template <int NR, bool Eps>
+  void matrix_rows1(i64 unit, i64 sr, double* colp, double* wcolp, T add) const {
+    const i64 at = (unit / job.n) * job.m;
+    const P* g = grad() + unit * job.m;
+    rows1<NR, Eps>(g, colp + at, add, job.row_sums + unit, sr);
+    if (!wcolp) return;
+    T inv[NR];
+    for (int r = 0; r < NR; ++r) {
+      inv[r] = T(1) / new_row_statistic(unit + r * sr, job.row_sums[unit + r * sr]);
     }
-    if (held > 0) flush(held_cols);
+    weigh_rows<NR>(g, wcolp + at, sr, inv);
+  }
+
+  // Pass 1 over the rows [u0, u1) of matrices (L == K == 1): kRowsF1 rows
+  // at a time, spread over the block (spread()), where the block is rows of
+  // one matrix, else one at a time; with first_pass_param_sq, then the
+  // block's param^2 in psq_block's order.
+  template <bool Eps>
+  void matrix_pass1(i64 block, i64 u0, i64 u1, double* colp, double* wcolp, T add) const {
+    const i64 q = spread(u0, u1, kRowsF1);
+    for (i64 r = 0; r < q; ++r) matrix_rows1<kRowsF1, Eps>(u0 + r, q, colp, wcolp, add);
+    for (i64 unit = u0 + q * kRowsF1; unit < u1; ++unit) {
+      matrix_rows1<1, Eps>(unit, 1, colp, wcolp, add);
+    }
+    if (job.first_pass_param_sq) job.param_sq[block] = psq_block(block);
+  }
+
+  // wcp (double, per column) += the sum over NR rows sr apart of
+  // G^2 * inv[row], summed over the rows in the compute type first.
+  template <int NR>
+  void weigh_rows(const P* g, double* wcp, i64 sr, const T* inv) const {
+    const i64 m = job.m, rs = sr * m;
+    const i64 mv = m - m % kLanes;
+    vec<T> vinv[NR];
+    for (int r = 0; r < NR; ++r) vinv[r] = splat<T>(inv[r]);
+    for (i64 c = 0; c < mv; c += kLanes) {
+      vec<T> w{};
+      for (int r = 0; r < NR; ++r) {
+        const vec<T> gv = vload<T>(g + r * rs + c);
+        w += gv * gv * vinv[r];
+      }
+      add_into(wcp + c, w);
+    }
+    for (i64 c = mv; c < m; ++c) {
+      T w = 0;
+      for (int r = 0; r < NR; ++r) {
+        const T gv = load<T>(g, r * rs + c);
+        w += gv * gv * inv[r];
+      }
+      wcp[c] += w;
+    }
+  }
+
+  // The row statistic of `unit` after this step, from its sum of G^2
+  // (+ eps1), as adafactor_fused.cpp computes and stores it (rounded to the
+  // state dtype).
+  T new_row_statistic(i64 unit, double sum) const {
+    const S* rows = static_cast<const S*>(job.row_var);
+    const T mean = static_cast<T>(sum) / static_cast<T>(job.m);
+    const T b2 = static_cast<T>(job.beta2), ob2 = static_cast<T>(1.0 - job.beta2);
+    S stored[1];
+    store<T>(stored, 0, advanced_statistic<T>(load<T>(rows, unit), mean, job.stats_lerp,
+                                              static_cast<T>(job.lerp_weight), b2, ob2));
+    return load<T>(stored, 0);
+  }
+
+  // ws (first row of a run: written, later rows: added) += G^2 * inv along
+  // one row.
+  void weigh_row(const P* row, T* ws, bool first, T inv) const {
+    const i64 m = job.m;
+    const i64 mv = m - m % kLanes;
+    const vec<T> vinv = splat<T>(inv);
+    for (i64 c = 0; c < mv; c += kLanes) {
+      const vec<T> gv = vload<T>(row + c);
+      const vec<T> w = gv * gv * vinv;
+      const vec<T> wv = first ? w : vload<T>(ws + c) + w;
+      std::memcpy(ws + c, &wv, sizeof wv);
+    }
+    for (i64 c = mv; c < m; ++c) {
+      const T gv = load<T>(row, c);
+      const T w = gv * gv * inv;
+      ws[c] = first ? w : ws[c] + w;
+    }
   }
 
   // Pass 1: G^2 (+ eps1 for the transformers variant) summed along rows into
@@ -406,6 +432,7 @@ struct Factored {
     const i64 u0 = block * job.block_size;
     const i64 u1 = u0 + job.block_size < units ? u0 + job.block_size : units;
     double* colp = job.col_partials;
+    double* wcolp = job.weighted_cols;
     i64 c0 = 0, c1 = cols;  // the columns this block writes
     if (job.cols_owned) {
       const i64 per_o = job.n * job.K, col_per_o = job.K * job.m * job.L;
@@ -413,15 +440,19 @@ struct Factored {
       c1 = ((u1 + per_o - 1) / per_o) * col_per_o;
     } else {
       colp += block * cols;
+      if (wcolp) wcolp += block * cols;
     }
     for (i64 c = c0; c < c1; ++c) colp[c] = 0;
+    if (wcolp) {
+      for (i64 c = c0; c < c1; ++c) wcolp[c] = 0;
+    }
     const T add = job.torch_variant ? T(0) : static_cast<T>(job.eps1);
     const P* g = grad();
     if (job.L == 1 && job.K == 1) {
       if (job.torch_variant) {
-        rows_one_by_one<false>(u0, u1, colp, add);
+        matrix_pass1<false>(block, u0, u1, colp, wcolp, add);
       } else {
-        rows_one_by_one<true>(u0, u1, colp, add);
+        matrix_pass1<true>(block, u0, u1, colp, wcolp, add);
       }
       return;
     }
@@ -569,7 +600,8 @@ struct Factored {
     }
   }
   // The sum of param^2 over a block, in the one order of pass 2 without
-  // clamping (so the same whether or not this step clamps).
+  // clamping (so the same whether or not this step clamps): pass 3 repeats
+  // it on the rows it writes, and pass 1 calls it where F2 may not run.
   double psq_block(i64 block) const {
     const P* p = param();
     Wide psq_lanes;
