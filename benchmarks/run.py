@@ -19,6 +19,7 @@ Prints the tables and the targets, writes the results as JSON
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -36,7 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from bench import cpp, distributed, report, training  # noqa: E402
+from bench import affinity, cpp, distributed, report, training  # noqa: E402
 from bench.impls import Impl, python_impls  # noqa: E402
 from bench.sets import FULL, FULL_SWEEP, SMOKE, SMOKE_SWEEP, clone  # noqa: E402
 from bench.timing import Plan, measure_rows  # noqa: E402
@@ -204,7 +205,10 @@ class Bench:
                 rows[impl.key] = impl.open(clone(base))
         del base
         try:
-            timings = measure_rows(rows, self.plan)
+            # One thread: no OpenMP workers spin, and a pause only idles the
+            # core (the next steps then run slow for ~20 ms; see timing.py).
+            plan = self.plan if threads > 1 else dataclasses.replace(self.plan, settle_s=0)
+            timings = measure_rows(rows, plan)
         finally:
             for row in rows.values():
                 row.close()
@@ -222,14 +226,20 @@ class Bench:
         # --sets and --impls restrict a run to some rows (no size sweep).
         sets = self.args.sets.split(",") if self.args.sets else MAIN_SETS
         keys = set(self.args.impls.split(",")) if self.args.impls else None
-        for threads in self.threads:
-            torch.set_num_threads(threads)
-            for key in sets:
-                self.time_set(self.sets[key], threads, keys)
-            for pset in self.sweep if not self.args.sets else ():
-                self.time_set(pset, threads,
-                              [k for k in SWEEP_IMPLS if keys is None or k in keys])
-        torch.set_num_threads(self.threads[0])
+        pids = [0] + ([self.runner.proc.pid] if self.runner is not None else [])
+        cpus = affinity.allowed()
+        try:
+            for threads in self.threads:
+                torch.set_num_threads(threads)
+                affinity.pin(pids, affinity.cpus_for(threads, cpus))
+                for key in sets:
+                    self.time_set(self.sets[key], threads, keys)
+                for pset in self.sweep if not self.args.sets else ():
+                    self.time_set(pset, threads,
+                                  [k for k in SWEEP_IMPLS if keys is None or k in keys])
+        finally:
+            affinity.pin(pids, cpus)
+            torch.set_num_threads(self.threads[0])
 
     def run_peaks(self, program) -> list[dict]:
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")

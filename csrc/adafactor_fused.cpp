@@ -307,7 +307,9 @@ struct Scratch {
 struct ParamSq {
   const at::Tensor* param = nullptr;
   bool needed = true;   // scale_parameter
-  bool produce = false;  // the last pass writes the new parameter and can sum it
+  // The kept sum is looked up and the last pass sums the new parameter for
+  // the next step (see keeps_param_sq).
+  bool produce = false;
   ParamSqLayout layout;
   std::optional<double> kept;
 };
@@ -325,12 +327,28 @@ void per_block_sums(Job& job, Scratch& scratch, Pass first, ParamSq& psq) {
     job.param_sq_known = true;
     return;
   }
+  if (!psq.produce) return;
   psq.kept = param_sq_lookup(*psq.param, psq.layout);
   job.param_sq_known = psq.kept.has_value();
-  if (psq.produce) {
-    scratch.param_sq_next.assign(job.blocks, 0.0);
-    job.param_sq_next = scratch.param_sq_next.data();
-  }
+  scratch.param_sq_next.assign(job.blocks, 0.0);
+  job.param_sq_next = scratch.param_sq_next.data();
+}
+
+// Whether a parameter keeps its sum of param^2 from step to step: factored
+// parameters of more than kGroupMaxElems elements. For them the kept sum
+// saves streaming the parameter from memory once more in the first pass.
+// For a small matrix (one group) the first pass's read of it costs next to
+// nothing (the last pass reads it again from cache), while the table's
+// lookup and store (a lock, a hash probe, entries scattered over the heap,
+// per tensor and step) cost more, and more the more fragmented the heap is;
+// for unfactored parameters U1 reads it alongside the gradient and the
+// second moment, and the last pass's sum costs about as much as that read.
+// Measured on this machine at 1 thread (2026-12-03): 1000 x 32x32, sets made
+// after larger ones were freed, 1.30-1.51 ms a step kept, 1.13-1.27 ms not;
+// 4 x 256x256x3x3 1.98 ms kept, 2.62 ms not; 100 x 128x128 0.97 / 1.23 ms;
+// 4 x 1M-element vectors 3-14% faster not kept.
+bool keeps_param_sq(std::int64_t numel, bool factored) {
+  return factored && numel > kernel::kGroupMaxElems;
 }
 
 // The parameter seen as [O, n, K, m, L], rows along dimension a, columns
@@ -561,17 +579,22 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   psq.param = &param;
   psq.needed = options.scale_parameter();
   // Caution leaves the parameter to pass C2, whose blocks differ.
-  psq.produce = psq.needed && !job.caution && param_sq_cache_enabled() && job.numel > 0 &&
-                param.unsafeGetTensorImpl()->version_counter().enabled();
+  const bool may_keep = psq.needed && !job.caution && param_sq_cache_enabled() &&
+                        job.numel > 0 &&
+                        param.unsafeGetTensorImpl()->version_counter().enabled();
   Pass last = Pass::U2;
   if (!dims) {
+    psq.produce = may_keep && keeps_param_sq(job.numel, false);
     first_pass_unfactored(job, state, scratch, psq);
   } else {
     view_factored(job, param.sizes(), *dims);
     // Sharded along the row dimension, columns span the shards; sharded
     // along an earlier dimension, only the parameter-wide sums do.
     const bool rows_split = shard && dims->first == 0;
-    if (job.K == 1 && job.L == 1 && job.n * job.m <= kernel::kGroupMaxElems && !rows_split) {
+    const bool groups =
+        job.K == 1 && job.L == 1 && job.n * job.m <= kernel::kGroupMaxElems && !rows_split;
+    psq.produce = may_keep && keeps_param_sq(job.numel, true);
+    if (groups) {
       first_pass_groups(job, state, scratch, psq);
       last = Pass::G2;
     } else {

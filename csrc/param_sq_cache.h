@@ -8,7 +8,8 @@
 // dtype, shape, and the same summation layout (the loops' block geometry).
 // The kept sum is the one the next step would compute itself, bit for bit:
 // the loops add param^2 in one fixed order per layout (kernel/loops.h), so a
-// hit or a miss gives the same results.
+// hit or a miss gives the same results. Which parameters keep a sum is the
+// fused step's choice (keeps_param_sq in adafactor_fused.cpp).
 //
 // Writes that bypass the version counter (through `tensor.data`, NumPy or
 // DLPack views, raw pointers) are not seen; set TCLTORCH_PARAM_SQ_CACHE=0 to

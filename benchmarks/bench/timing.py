@@ -10,7 +10,12 @@ together, round-robin:
    timed step, which sizes its batch: K steps take about `target_s`;
 2. then rounds: in each round every row takes one sample, a batch of K steps;
    a row takes `reps` samples, or fewer if it is slow (as many as fit in
-   `budget_s`, but at least `min_reps`).
+   `budget_s`, but at least `min_reps`). Before each sample the row takes
+   untimed warm-up steps (about `warm_s`, at least one): after anything else
+   has run for a while, here even 20 ms of sleep or of a busy loop, the
+   first few steps of a row are slow (many-small set at 1 thread: 2.3, 1.9,
+   1.4 ms, then 1.25 ms), and that penalty would fall on whichever rows
+   follow a process switch rather than on the step itself.
 
 A sample is the mean time of one step in its batch; a row's result is the
 median of its samples. Where the next batch runs in another process than the
@@ -50,6 +55,7 @@ class Plan:
     target_s: float = 0.05
     budget_s: float = 1.5   # time for all samples of a slow row
     settle_s: float = 0.02  # pause before a batch in another process
+    warm_s: float = 0.008   # untimed steps before each sample
 
 
 @dataclass
@@ -62,11 +68,13 @@ class Timing:
         return {"median_s": self.median_s, "batch": self.batch, "samples": self.samples}
 
 
-def batch_and_reps(one_step_s: float, plan: Plan) -> tuple[int, int]:
+def batch_and_reps(one_step_s: float, plan: Plan) -> tuple[int, int, int]:
+    """Steps per sample, samples, warm-up steps before each sample."""
     one = max(one_step_s, 1e-9)
     k = max(1, min(1_000_000, round(plan.target_s / one)))
-    reps = max(plan.min_reps, min(plan.reps, int(plan.budget_s / (k * one))))
-    return k, reps
+    warm = max(1, min(1_000_000, round(plan.warm_s / one)))
+    reps = max(plan.min_reps, min(plan.reps, int(plan.budget_s / ((k + warm) * one))))
+    return k, reps, warm
 
 
 def measure_rows(rows: dict[str, Row], plan: Plan) -> dict[str, Timing]:
@@ -84,9 +92,10 @@ def measure_rows(rows: dict[str, Row], plan: Plan) -> dict[str, Timing]:
         run(row, 1)  # creates the state
         sizes[key] = batch_and_reps(run(row, 1), plan)
     samples: dict[str, list[float]] = {key: [] for key in rows}
-    for r in range(max((reps for _, reps in sizes.values()), default=0)):
+    for r in range(max((reps for _, reps, _ in sizes.values()), default=0)):
         for key, row in rows.items():
-            k, reps = sizes[key]
+            k, reps, warm = sizes[key]
             if r < reps:
+                run(row, warm)
                 samples[key].append(run(row, k))
     return {key: Timing(statistics.median(s), sizes[key][0], s) for key, s in samples.items()}
