@@ -579,22 +579,18 @@ void fused_step(const at::Tensor& param, const at::Tensor& grad,
   psq.param = &param;
   psq.needed = options.scale_parameter();
   // Caution leaves the parameter to pass C2, whose blocks differ.
-  const bool may_keep = psq.needed && !job.caution && param_sq_cache_enabled() &&
-                        job.numel > 0 &&
-                        param.unsafeGetTensorImpl()->version_counter().enabled();
+  psq.produce = psq.needed && !job.caution && param_sq_cache_enabled() && job.numel > 0 &&
+                param.unsafeGetTensorImpl()->version_counter().enabled() &&
+                keeps_param_sq(job.numel, dims.has_value());
   Pass last = Pass::U2;
   if (!dims) {
-    psq.produce = may_keep && keeps_param_sq(job.numel, false);
     first_pass_unfactored(job, state, scratch, psq);
   } else {
     view_factored(job, param.sizes(), *dims);
     // Sharded along the row dimension, columns span the shards; sharded
     // along an earlier dimension, only the parameter-wide sums do.
     const bool rows_split = shard && dims->first == 0;
-    const bool groups =
-        job.K == 1 && job.L == 1 && job.n * job.m <= kernel::kGroupMaxElems && !rows_split;
-    psq.produce = may_keep && keeps_param_sq(job.numel, true);
-    if (groups) {
+    if (job.K == 1 && job.L == 1 && job.n * job.m <= kernel::kGroupMaxElems && !rows_split) {
       first_pass_groups(job, state, scratch, psq);
       last = Pass::G2;
     } else {

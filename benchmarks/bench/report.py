@@ -546,7 +546,8 @@ def write_docs(results, docs_dir: Path) -> Path:
               "below this floor (16 bytes per parameter). For factored parameters of more "
               "than 2048 elements the sum of param^2 for RMS(param) is kept from the last "
               "pass of the previous step while the parameter is unchanged (by its version "
-              "counter); otherwise the first pass reads the parameter too. The first pass over a large matrix takes eight rows at once, "
+              "counter); otherwise the first pass reads the parameter too. The first pass "
+              "over a large matrix takes eight rows at once, "
               "spread over its block (eight memory streams), the update one row at a time "
               "in memory order (one stream, as the floor's); `benchmarks/cpp/row_streams.cpp` "
               "times both patterns on the machine at hand.",
